@@ -1,0 +1,170 @@
+"""The conditioning worker: re-encodes only when asked, on its own thread and CUDA stream.
+
+The frame loop never waits for it once a first conditioning exists. Requests coalesce (the
+newest wins), a finished conditioning is published with a CUDA event that the main stream waits
+on *on the device*, and the previous one stays referenced until the swap, so the denoiser always
+reads a complete buffer (double buffering). Text-with-frame embeddings of earlier prompts are
+kept in an LRU cache, so returning to a prompt costs no encode under the `on-change` policy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .encoder import PromptEncoder, PromptTokens
+from .streams import Streams
+
+
+@dataclass
+class Conditioning:
+    """One finished conditioning: what the denoiser reads, and how it was made."""
+
+    prompt: str
+    embeds: torch.Tensor  # [n, Lc, D], n = 1 (one representative frame) or the batch size
+    mask: torch.Tensor  # [n, Lc]
+    event: Optional[object] = None  # CUDA event recorded on the side stream after the encode
+    version: int = 0  # increases with every publish
+    encode_ms: float = 0.0
+    created: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Request:
+    tokens: PromptTokens
+    frames: torch.Tensor  # [n,3,H,W] in [0,1] on the device
+    ready: Optional[object]  # event after the frames were written on the main stream
+    cache: bool  # store the result in the prompt cache
+    ticket: int  # order of the request among requests and cache publishes
+
+
+class ConditioningWorker:
+    """Owns the encoder, its thread, its stream and the prompt cache."""
+
+    def __init__(self, encoder: PromptEncoder, streams: Streams, *, cache_size: int = 32):
+        self.encoder = encoder
+        self.streams = streams
+        self.stream = streams.new_stream()
+        self.cache_size = cache_size
+        self._cache: "OrderedDict[str, Conditioning]" = OrderedDict()
+        self._lock = threading.Condition()
+        self._pending: Optional[_Request] = None
+        self._latest: Optional[Conditioning] = None
+        self._version = 0
+        self._tickets = 0  # handed out in order to requests and cached publishes
+        self._shown_ticket = 0  # ticket of what is published now: older encodes are not shown
+        self._busy = False
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self.encode_count = 0
+        self._thread = threading.Thread(target=self._run, name="conditioning-worker", daemon=True)
+        self._thread.start()
+
+    # -- called by the frame loop ----------------------------------------------------------
+    def cached(self, prompt: str) -> Optional[Conditioning]:
+        with self._lock:
+            cond = self._cache.get(prompt)
+            if cond is not None:
+                self._cache.move_to_end(prompt)
+            return cond
+
+    def publish_cached(self, prompt: str) -> bool:
+        """Make a cached conditioning current without encoding; False if `prompt` is not cached."""
+        with self._lock:
+            cond = self._cache.get(prompt)
+            if cond is None:
+                return False
+            self._cache.move_to_end(prompt)
+            self._pending = None  # an older request must not overwrite this newer choice
+            self._tickets += 1
+            self._shown_ticket = self._tickets
+            self._publish(Conditioning(cond.prompt, cond.embeds, cond.mask, cond.event, 0, cond.encode_ms))
+            return True
+
+    def request(self, tokens: PromptTokens, frames: torch.Tensor, *, cache: bool) -> None:
+        """Ask for an encode of `tokens` with `frames`; replaces any request not yet started."""
+        ready = self.streams.record()
+        with self._lock:
+            self._tickets += 1
+            self._pending = _Request(tokens, frames, ready, cache, self._tickets)
+            self._lock.notify_all()
+
+    def latest(self) -> Optional[Conditioning]:
+        with self._lock:
+            if self._error is not None:
+                raise RuntimeError("the conditioning encoder failed") from self._error
+            return self._latest
+
+    def wait_first(self, timeout: Optional[float] = None) -> Conditioning:
+        """Block until a conditioning exists (only the very first frames ever wait)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._latest is None:
+                if self._error is not None:
+                    raise RuntimeError("the conditioning encoder failed") from self._error
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("no conditioning was produced in time")
+                self._lock.wait(left)
+            return self._latest
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._busy or self._pending is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout=10)
+
+    # -- the worker thread -----------------------------------------------------------------
+    def _publish(self, cond: Conditioning) -> None:
+        self._version += 1
+        cond.version = self._version
+        self._latest = cond
+        self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                req, self._pending = self._pending, None
+                self._busy = True
+            try:
+                cond = self._encode(req)
+            except BaseException as exc:  # surfaced to the frame loop through latest()
+                with self._lock:
+                    self._error = exc
+                    self._busy = False
+                    self._lock.notify_all()
+                return
+            with self._lock:
+                self._busy = False
+                if req.cache:
+                    self._cache[cond.prompt] = cond
+                    self._cache.move_to_end(cond.prompt)
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+                if req.ticket > self._shown_ticket:  # a newer choice may already be showing
+                    self._shown_ticket = req.ticket
+                    self._publish(cond)
+
+    def _encode(self, req: _Request) -> Conditioning:
+        start = time.perf_counter()
+        with self.streams.use(self.stream):
+            self.streams.wait(req.ready, self.stream)
+            self.streams.keep_alive(req.frames, self.stream)
+            embeds, mask = self.encoder.encode(req.tokens, req.frames)
+            event = self.streams.record(self.stream)
+        self.encode_count += 1
+        return Conditioning(req.tokens.prompt, embeds, mask, event, 0, (time.perf_counter() - start) * 1e3)

@@ -1,0 +1,255 @@
+"""The streaming engine: batches of frames in, stylized frames out, in order.
+
+One `step` runs the main stream: ingest (crop/resize/normalise on the device) -> tiny-VAE encode
+-> 1..4 flow-matching Euler steps of the edit U-Net (target and source latents side by side) ->
+tiny-VAE decode -> uint8 -> host. The conditioning comes from `ConditioningWorker`, which runs on
+its own thread/stream; `step` only ever waits for it before the very first conditioning exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ParamError
+from ..progress import step as announce
+from .conditioning import Conditioning, ConditioningWorker
+from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
+from .frames import check_size, to_device_batch, to_uint8_hwc
+from .params import Params
+from .streams import Streams
+
+
+@dataclass
+class FrameOut:
+    """One stylized frame, carrying its input's id and the prompt whose conditioning made it."""
+
+    id: int
+    image: np.ndarray  # (H, W, 3) uint8
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Sigmas and timesteps for one (steps, strength) setting, computed once per change."""
+
+    sigmas: tuple[float, ...]  # steps + 1 values, the last one 0
+    timesteps: tuple[float, ...]  # steps values
+
+
+def flow_schedule(scheduler, steps: int, strength: float, latent_hw: tuple[int, int]) -> Schedule:
+    """The stock pipeline's schedule (linspace(1, 1/N, N), dynamically shifted) scaled by strength.
+
+    At strength 1 it is exactly `DreamLiteMobilePipeline`'s; below 1 the frame's own latent is mixed
+    into the start point (SDEdit-style), so less of the input is replaced.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.dreamlite.pipeline_dreamlite_mobile import calculate_shift
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    cfg = sched.config
+    kwargs = {}
+    if cfg.get("use_dynamic_shifting", False):
+        seq = latent_hw[0] * latent_hw[1] // 4
+        kwargs["mu"] = calculate_shift(
+            seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16),
+        )
+    sched.set_timesteps(sigmas=np.linspace(strength, strength / steps, steps), device="cpu", **kwargs)
+    return Schedule(tuple(float(s) for s in sched.sigmas), tuple(float(t) for t in sched.timesteps))
+
+
+class StreamEngine:
+    """Stylizes frames with a DreamLite-family bundle; see `docs/ARCHITECTURE.md`."""
+
+    def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
+                 device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32):
+        self.size = check_size(size)
+        first = next(bundle.unet.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if first.device != self.device or first.dtype != self.dtype:
+            bundle.to(self.device, self.dtype)
+        self.bundle = bundle
+        self.unet, self.vae = bundle.unet, bundle.vae
+        self.streams = Streams(self.device)
+        factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
+        self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
+        self.encoder = PromptEncoder(bundle, self.device, self.dtype, image_size=encoder_image_size,
+                                     max_prompt_tokens=max_prompt_tokens)
+        self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
+
+        self._lock = threading.Lock()
+        self._params = Params()
+        self._tokens = self.encoder.tokenize("")
+        self._prompt_dirty = True
+        self._schedule: Optional[Schedule] = None
+        self._noise: Optional[torch.Tensor] = None
+        self._cond: Optional[Conditioning] = None
+        self._batches = 0
+        self._closed = False
+        if params is not None:
+            self._apply(params)
+        else:
+            self._apply(self._params)
+
+    # -- parameters ------------------------------------------------------------------------
+    @property
+    def params(self) -> Params:
+        with self._lock:
+            return self._params
+
+    def set_params(self, **changes) -> Params:
+        """Validate and apply `changes` atomically (all or nothing); returns the new params."""
+        with self._lock:
+            new = self._params.replace(**changes)
+        self._apply(new)
+        return new
+
+    def _apply(self, new: Params) -> None:
+        tokens = None
+        if new.prompt != self._params.prompt or self._tokens.prompt != new.prompt:
+            tokens = self.encoder.tokenize(new.prompt)  # may raise ParamError: nothing applied yet
+        schedule = flow_schedule(self.bundle.scheduler, new.steps, new.strength, self.latent_hw)
+        with self._lock:
+            old = self._params
+            self._params = new
+            if tokens is not None:
+                self._tokens = tokens
+                self._prompt_dirty = True
+            if new.refresh != old.refresh and new.refresh.kind != "on-change":
+                self._batches = 0
+            self._schedule = schedule
+            if self._noise is None or new.seed != old.seed:
+                self._noise = self._make_noise(new.seed)
+
+    def _make_noise(self, seed: int) -> torch.Tensor:
+        """The starting noise: fixed per seed (the same for every frame, for temporal stability),
+        drawn on the CPU like the stock pipeline's `randn_tensor` with a CPU generator."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        channels = self.vae.config.latent_channels
+        gen = torch.Generator("cpu").manual_seed(seed)
+        noise = randn_tensor((1, channels, *self.latent_hw), generator=gen, device=torch.device("cpu"),
+                             dtype=self.dtype)
+        return noise.to(self.device)
+
+    # -- state for the control side --------------------------------------------------------
+    @property
+    def active_prompt(self) -> Optional[str]:
+        """The prompt whose conditioning the last step used (None before the first step)."""
+        cond = self._cond
+        return None if cond is None else cond.prompt
+
+    @property
+    def encode_count(self) -> int:
+        return self.worker.encode_count
+
+    # -- the main loop's step --------------------------------------------------------------
+    def _conditioning(self, x: torch.Tensor, params: Params, tokens, dirty: bool, index: int) -> Conditioning:
+        policy = params.refresh
+        if dirty:
+            cached = policy.kind == "on-change" and self.worker.publish_cached(tokens.prompt)
+            if not cached:
+                frames = x if policy.kind == "every-batch" else x[-1:]
+                self.worker.request(tokens, frames, cache=policy.kind == "on-change")
+        elif policy.due(index):
+            frames = x if policy.kind == "every-batch" else x[-1:]
+            self.worker.request(tokens, frames, cache=False)
+        cond = self.worker.latest()
+        if cond is None:
+            cond = self.worker.wait_first()
+        if self._cond is None or cond.version != self._cond.version:
+            self.streams.wait(cond.event)
+            self.streams.keep_alive(cond.embeds)
+            self.streams.keep_alive(cond.mask)
+            self._cond = cond
+        return self._cond
+
+    @staticmethod
+    def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
+        """Per-frame conditioning rows for a batch of n (one row is shared by all frames)."""
+        if t.shape[0] == n:
+            return t
+        if t.shape[0] == 1:
+            return t.expand(n, *t.shape[1:])
+        if t.shape[0] > n:
+            return t[:n]
+        return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])], 0)
+
+    @torch.no_grad()
+    def step(self, frames: Sequence[np.ndarray], ids: Sequence[int]) -> list[FrameOut]:
+        """Stylize 1..batch_size frames; outputs come back in input order with their ids."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        n = len(frames)
+        with self._lock:
+            params, tokens, dirty = self._params, self._tokens, self._prompt_dirty
+            schedule, noise = self._schedule, self._noise
+            self._prompt_dirty = False
+            index = self._batches
+            self._batches += 1
+        if len(ids) != n:
+            raise ValueError(f"{n} frames but {len(ids)} ids")
+        if not 1 <= n <= params.batch_size:
+            raise ParamError("frames", f"a step takes 1..{params.batch_size} frames (the batch size), got {n}")
+
+        x = to_device_batch(frames, self.size, self.device)
+        cond = self._conditioning(x, params, tokens, dirty, index)
+        embeds, mask = self._fit(cond.embeds, n), self._fit(cond.mask, n)
+        images = self.denoise(x, embeds, mask, schedule, noise)
+        host = to_uint8_hwc(images).cpu().numpy()
+        return [FrameOut(int(i), host[k], cond.prompt) for k, i in enumerate(ids)]
+
+    def denoise(self, x: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
+                noise: torch.Tensor) -> torch.Tensor:
+        """[n,3,H,W] frames in [0,1] -> [n,3,H,W] stylized in [-1,1] (the main stream's work)."""
+        n = x.shape[0]
+        dtype = self.dtype
+        source = self.vae.encode(x.to(dtype) * 2 - 1).latents
+        sigma0 = schedule.sigmas[0]
+        start = noise.expand(n, -1, -1, -1)
+        latents = start if sigma0 == 1.0 else ((1 - sigma0) * source + sigma0 * start).to(dtype)
+        width = latents.shape[-1]
+        time_ids = torch.tensor([[self.size[1], self.size[0]]], device=self.device, dtype=dtype).expand(n, -1)
+        for i, t in enumerate(schedule.timesteps):
+            model_in = torch.cat([latents, source], dim=3)
+            timestep = torch.full((n,), t, device=self.device, dtype=dtype)
+            velocity = self.unet(
+                model_in, timestep=timestep, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                added_cond_kwargs={"time_ids": time_ids}, return_dict=False,
+            )[0][..., :width]
+            dt = schedule.sigmas[i + 1] - schedule.sigmas[i]
+            latents = (latents.float() + dt * velocity.float()).to(velocity.dtype)
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", 0.0) or 0.0
+        return self.vae.decode(latents / cfg.scaling_factor + shift).sample
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def warmup(self, progress: bool = True) -> float:
+        """Run the first conditioning and one batch so the first live frame is not slow."""
+        start = time.perf_counter()
+        announce("warming up: first conditioning and one batch...", enabled=progress)
+        grey = np.full((*self.size, 3), 128, np.uint8)
+        n = self.params.batch_size
+        self.step([grey] * n, list(range(-n, 0)))
+        elapsed = time.perf_counter() - start
+        announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)
+        return elapsed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.worker.close()
+
+    def __enter__(self) -> "StreamEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

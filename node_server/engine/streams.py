@@ -1,0 +1,51 @@
+"""CUDA streams and events that degrade to no-ops on the CPU.
+
+The engine is written once against this module: on a CUDA device the conditioning encoder runs on
+its own stream and hands its result over through an event; on the CPU the same calls do nothing
+and plain threads provide the concurrency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+
+class Streams:
+    """Stream helpers bound to one device."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+
+    def new_stream(self) -> Optional["torch.cuda.Stream"]:
+        return torch.cuda.Stream(device=self.device) if self.cuda else None
+
+    def current(self) -> Optional["torch.cuda.Stream"]:
+        return torch.cuda.current_stream(self.device) if self.cuda else None
+
+    def use(self, stream) -> contextlib.AbstractContextManager:
+        """Run the enclosed work on `stream` (no-op on the CPU)."""
+        if self.cuda and stream is not None:
+            return torch.cuda.stream(stream)
+        return contextlib.nullcontext()
+
+    def record(self, stream=None) -> Optional["torch.cuda.Event"]:
+        """An event marking the work queued so far on `stream` (the current one by default)."""
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record(stream if stream is not None else self.current())
+        return event
+
+    def wait(self, event, stream=None) -> None:
+        """Make `stream` wait for `event` on the device; the host never blocks."""
+        if self.cuda and event is not None:
+            (stream if stream is not None else self.current()).wait_event(event)
+
+    def keep_alive(self, tensor: torch.Tensor, stream=None) -> None:
+        """Tell the caching allocator that `tensor` is used on `stream` too."""
+        if self.cuda and tensor is not None and tensor.is_cuda:
+            tensor.record_stream(stream if stream is not None else self.current())

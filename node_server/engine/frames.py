@@ -7,6 +7,7 @@ RGBA frames is dropped. Everything after the host-to-device copy runs as tensor 
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -30,8 +31,18 @@ def check_size(size: "int | Sequence[int]") -> tuple[int, int]:
     return h, w
 
 
+def _from_numpy(frame: np.ndarray) -> torch.Tensor:
+    """Wrap without copying; read-only buffers (a ZeroMQ message) are only ever read here."""
+    frame = np.ascontiguousarray(frame)
+    if frame.flags.writeable:
+        return torch.from_numpy(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(frame)
+
+
 def _as_hwc(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    t = _from_numpy(frame) if isinstance(frame, np.ndarray) else frame
     if t.dtype != torch.uint8:
         raise InputError(f"frames must be uint8, got {t.dtype}")
     if t.ndim == 2:

@@ -1,0 +1,186 @@
+"""`node-server render`: stylize a video, an image or a folder of images offline.
+
+Runs the same `StreamEngine` the live server uses, batch by batch, so an offline render shows
+what a live show would look like (and how fast). Heavy imports (torch, the model code) happen in
+`run`, keeping `node-server --help` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from collections import deque
+
+from ..errors import InputError, ParamError
+from ..progress import Progress, step
+
+DESCRIPTION = """\
+Stylize INPUT into OUTPUT with the stream engine.
+
+INPUT is a video (.mp4 .mov .mkv .avi .webm .m4v), an image (.png .jpg .jpeg .bmp .webp .tif
+.tiff) or a folder of images (natural order: frame2 before frame10). OUTPUT is chosen by its
+extension: a video extension writes a video at the input's frame rate, an image extension writes
+one image (only for a single-frame input), and no extension writes a folder of PNGs (keeping the
+input file names when the input is a folder).
+
+Frames of any size or aspect ratio are centre-cropped to the aspect ratio of --size and resized
+to it by the engine; grey frames become RGB and alpha is dropped. The output has exactly as many
+frames as the input.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("input", metavar="INPUT", help="video, image or folder of images")
+    parser.add_argument("output", metavar="OUTPUT", help="video, image, or folder (no extension)")
+    parser.add_argument("--prompt", required=True, metavar="TEXT", help="style / edit instruction")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="M",
+        help="synthetic:tiny, synthetic:paper, a local model folder or a hub id (default: the built-in default model)",
+    )
+    parser.add_argument("--batch-size", type=str, default=None, metavar="B", help="frames per engine step")
+    parser.add_argument("--steps", type=str, default=None, metavar="N", help="denoising steps")
+    parser.add_argument("--strength", type=str, default=None, metavar="S", help="edit strength in (0, 1]")
+    parser.add_argument("--seed", type=str, default=None, metavar="N", help="noise seed")
+    parser.add_argument(
+        "--size",
+        default="512",
+        metavar="SIZE",
+        help="output size: 512 (square) or WxH such as 768x512; multiples of 32 (default: 512)",
+    )
+    parser.add_argument(
+        "--refresh",
+        default=None,
+        metavar="POLICY",
+        help="when the conditioning is re-encoded: on-change, every:N or every-batch",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress output; the summary line still prints")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`512` or `WxH` -> (height, width), each a multiple of 32 (the engine's order)."""
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+)(?:\s*[x×]\s*(\d+))?", t)
+    if not m:
+        raise ParamError("size", f"expected 512 or WxH such as 768x512, got {text!r}")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) else w
+    for name, v in (("width", w), ("height", h)):
+        if v < 32 or v % 32:
+            raise ParamError("size", f"{name} must be a positive multiple of 32, got {v}")
+    return h, w
+
+
+def _pick_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ParamError("device", "cuda was asked for but no CUDA device is available; use --device cpu")
+    return choice
+
+
+def _build_params(args):
+    from ..engine.params import Params
+
+    changes = {"prompt": args.prompt}
+    for name in ("seed", "steps", "strength", "batch_size", "refresh"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    return Params().replace(**changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridges.file import open_sink, open_source
+
+    verbose = not args.quiet
+    # Cheap checks first, so a typo fails before a model loads.
+    size = parse_size(args.size)
+    params = _build_params(args)
+    source = open_source(args.input)
+    total = len(source)
+    if total == 0:
+        raise InputError(f"{args.input}: has no frames")
+    sink = open_sink(args.output, fps=getattr(source, "fps_fraction", source.fps), source=source)
+    if sink.max_frames is not None and total > sink.max_frames:
+        raise InputError(
+            f"{args.output}: an image output holds one frame but {args.input} has {total}; "
+            "give a video path or a folder (no extension) as OUTPUT"
+        )
+    device = _pick_device(args.device)
+
+    from ..engine.engine import StreamEngine
+    from ..models import DEFAULT_MODEL, load_model
+
+    spec = args.model or DEFAULT_MODEL
+    step(f"loading model {spec} on {device}...", enabled=verbose)
+    bundle = load_model(spec, device=device, progress=verbose)
+    engine = StreamEngine(bundle, params, size=size, device=device)
+    try:
+        engine.warmup(progress=verbose)
+        latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)
+    finally:
+        sink.close()
+        engine.close()
+
+    p50 = statistics.median(latencies) * 1000.0 if latencies else 0.0
+    fps = written / elapsed if elapsed > 0 else 0.0
+    print(
+        f"rendered {written} frames in {elapsed:.2f} s ({fps:.2f} fps), "
+        f"p50 latency {p50:.1f} ms/frame -> {args.output}"
+    )
+    sys.stdout.flush()
+    return 0
+
+
+def _render(engine, source, sink, batch_size: int, total: int, verbose: bool):
+    """Feed frames in batches, write outputs in order; returns (latencies_s, frames, seconds)."""
+    pending: deque[tuple[int, float]] = deque()  # (frame id, time handed to step)
+    latencies: list[float] = []
+    written = 0
+    bar = Progress("render", total=total, enabled=verbose)
+
+    def collect(outs) -> None:
+        nonlocal written
+        now = time.perf_counter()
+        for out in outs:
+            if not pending or out.id != pending[0][0]:
+                expected = pending[0][0] if pending else None
+                raise RuntimeError(f"engine returned frame {out.id} but frame {expected} was next")
+            _, handed = pending.popleft()
+            latencies.append(now - handed)
+            sink.write(out.image)
+            written += 1
+        if outs:
+            bar.update(len(outs))
+
+    start = time.perf_counter()
+    frames: list = []
+    ids: list[int] = []
+    for index, frame in source:
+        frames.append(frame)
+        ids.append(index)
+        if len(frames) == batch_size:
+            now = time.perf_counter()
+            pending.extend((i, now) for i in ids)
+            collect(engine.step(frames, ids))
+            frames, ids = [], []
+    if frames:
+        now = time.perf_counter()
+        pending.extend((i, now) for i in ids)
+        collect(engine.step(frames, ids))
+    if pending:
+        raise RuntimeError(f"engine did not return {len(pending)} frame(s), first missing id {pending[0][0]}")
+    elapsed = time.perf_counter() - start
+    bar.close()
+    return latencies, written, elapsed
+

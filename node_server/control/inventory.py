@@ -1,0 +1,297 @@
+"""The one list of OSC controls: dispatch, validation, `docs/OSC.md` and OSCQuery all read it.
+
+Keeping a single inventory means an address cannot be documented but unhandled (or handled
+but undocumented): the OSC server dispatches only what is listed here, the Markdown reference
+is generated from it (a test fails when the file drifts) and OSCQuery serves the same entries.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from node_server.errors import NodeServerError
+
+PROMPT_MAX_CHARS = 500
+SEED_MAX = 2**31 - 1
+STEPS_MIN, STEPS_MAX = 1, 4
+REFRESH_EVERY_MAX = 1000
+PRESET_NAME_MAX = 64
+
+# Letters, digits, '-', '_', '.'; never a leading '.', so no hidden files and no '..' traversal
+# (and no '/' or '\\', so a name can never leave the preset folder).
+_PRESET_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_REFRESH_RE = re.compile(r"every:(\d{1,9})")
+# One prefix segment: what is safe in an OSC address and never an OSC pattern character.
+_PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class ControlValueError(ValueError):
+    """An OSC argument list that does not fit an inventory entry; `reason` is user-facing."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+def check_preset_name(name: Any) -> str:
+    """Return `name` if it is a valid preset name, else raise `NodeServerError` saying why."""
+    if not isinstance(name, str):
+        raise NodeServerError(f"preset name must be a string, got {type(name).__name__}")
+    if not name:
+        raise NodeServerError("preset name is empty")
+    if len(name) > PRESET_NAME_MAX:
+        raise NodeServerError(f"preset name is longer than {PRESET_NAME_MAX} characters ({len(name)})")
+    if not _PRESET_NAME_RE.fullmatch(name):
+        raise NodeServerError(
+            f"invalid preset name {name!r}: use letters, digits, '-', '_' and '.' (not first), "
+            "no path separators"
+        )
+    return name
+
+
+def check_refresh(text: str) -> str:
+    """Validate a refresh policy string (the engine's `RefreshPolicy.parse` has the final word)."""
+    if text in ("on-change", "every-batch"):
+        return text
+    m = _REFRESH_RE.fullmatch(text)
+    if m:
+        n = int(m.group(1))
+        if 1 <= n <= REFRESH_EVERY_MAX:
+            return f"every:{n}"
+        raise ControlValueError(f"every:N needs N in 1..{REFRESH_EVERY_MAX}, got {n}")
+    raise ControlValueError(
+        f"must be on-change, every-batch or every:N (N 1..{REFRESH_EVERY_MAX}), got {_short(text)}"
+    )
+
+
+def normalize_prefix(prefix: str | None) -> str:
+    """Canonical form of `--osc-prefix`: '' or '/seg[/seg...]' (a missing leading '/' is added)."""
+    if prefix is None:
+        return ""
+    p = prefix.strip()
+    if p in ("", "/"):
+        return ""
+    if not p.startswith("/"):
+        p = "/" + p
+    p = p.rstrip("/")
+    for seg in p[1:].split("/"):
+        if not _PREFIX_SEGMENT_RE.fullmatch(seg):
+            raise NodeServerError(
+                f"invalid OSC prefix {prefix!r}: segments may hold letters, digits, '-', '_', '.' "
+                "(no spaces, no OSC pattern characters * ? [ ] { } #), e.g. /vj1"
+            )
+    return p
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """repr() of a value, cut so an error message stays readable (prompts can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_arg(value: Any) -> str:
+    if isinstance(value, bool):
+        return "T" if value else "F"
+    if isinstance(value, (bytes, bytearray)):
+        return f"a blob of {len(value)} bytes"
+    if isinstance(value, str):
+        return f"string {_short(value)}"
+    if value is None:
+        return "nil"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)}"
+    return _short(value)
+
+
+def _number(value: Any) -> float | int:
+    """Accept OSC ints and floats (not booleans, which Python treats as ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlValueError(f"expected a number, got {_describe_arg(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ControlValueError(f"expected a finite number, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Control:
+    """One OSC address the server accepts and how it maps onto the `ControlTarget`."""
+
+    address: str  # without prefix
+    kind: str  # "string" | "float" | "int" | "bool" | "none"
+    type_tag: str  # canonical OSC type tag string ("" when no argument)
+    accepts: str  # the type tags actually accepted, for the docs
+    range_text: str  # the range in words, for the docs
+    description: str
+    default: Any = None
+    param: str | None = None  # keyword for `set_params`, or None for an action
+    action: str | None = None  # "pause" | "recall_preset" | "save_preset" | "ping"
+    minimum: float | None = None
+    maximum: float | None = None
+    min_exclusive: bool = False
+    max_chars: int | None = None
+    check: Callable[[str], str] | None = None  # extra rule for strings; may normalise
+
+    @property
+    def readable(self) -> bool:
+        """Parameters (and pause) have a current value; actions do not (OSCQuery ACCESS)."""
+        return self.param is not None or self.action == "pause"
+
+    def coerce(self, args: tuple | list) -> Any:
+        """Turn the OSC arguments into the value to apply, or raise `ControlValueError`."""
+        args = tuple(args)
+        if self.kind == "none":
+            if args:
+                raise ControlValueError(f"takes no arguments, got {len(args)}")
+            return None
+        if len(args) != 1:
+            raise ControlValueError(f"takes exactly 1 argument ({self.accepts}), got {len(args)}")
+        value = args[0]
+        if self.kind == "string":
+            return self._coerce_string(value)
+        if self.kind == "bool":
+            return self._coerce_bool(value)
+        if self.kind == "int":
+            number = _number(value)
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise ControlValueError(f"must be a whole number, got {number}")
+                number = int(number)
+            self._check_range(number)
+            return number
+        if self.kind == "float":
+            number = float(_number(value))
+            self._check_range(number)
+            return number
+        raise AssertionError(f"unknown kind {self.kind}")  # pragma: no cover - inventory bug
+
+    def _coerce_string(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ControlValueError(f"expected a string, got {_describe_arg(value)}")
+        if self.max_chars is not None and len(value) > self.max_chars:
+            raise ControlValueError(f"longer than {self.max_chars} characters ({len(value)})")
+        if self.check is not None:
+            try:
+                return self.check(value)
+            except NodeServerError as e:  # preset names
+                raise ControlValueError(str(e)) from None
+        return value
+
+    def _coerce_bool(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ControlValueError(f"expected T/F or 0/1, got {_describe_arg(value)}")
+
+    def _check_range(self, number: float) -> None:
+        lo, hi = self.minimum, self.maximum
+        too_low = lo is not None and (number <= lo if self.min_exclusive else number < lo)
+        too_high = hi is not None and number > hi
+        if too_low or too_high:
+            raise ControlValueError(f"must be {self.range_text}, got {number}")
+
+    def osc_range(self) -> list[Any] | None:
+        """OSCQuery RANGE: one object per argument (None where a value has no range)."""
+        if self.kind == "none":
+            return None
+        if self.kind in ("int", "float"):
+            return [{"MIN": self.minimum, "MAX": self.maximum}]
+        if self.kind == "bool":
+            return [{"VALS": [False, True]}]
+        return [None]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message the server sends (feedback, errors, pong); listed once for docs and senders."""
+
+    address: str
+    type_tag: str
+    description: str
+
+
+CONTROLS: tuple[Control, ...] = (
+    Control(
+        "/prompt", "string", "s", "s", f"0..{PROMPT_MAX_CHARS} characters (longer is an error)",
+        "Edit instruction for the model, e.g. \"turn it into an oil painting with thick brush "
+        "strokes\". Re-encoded once when it changes; the new look appears when its conditioning "
+        "is ready (watch `/status/prompt`).",
+        default="", param="prompt", max_chars=PROMPT_MAX_CHARS,
+    ),
+    Control(
+        "/strength", "float", "f", "f, i", "0 < x <= 1",
+        "How far each frame moves from the input: 1 = full edit, small values stay close to the "
+        "camera image. 0 is excluded (it would leave the frame unedited).",
+        default=1.0, param="strength", minimum=0.0, maximum=1.0, min_exclusive=True,
+    ),
+    Control(
+        "/seed", "int", "i", "i, f (whole numbers only)", f"0..{SEED_MAX}",
+        "Noise seed; the same seed with the same input gives the same output.",
+        default=0, param="seed", minimum=0, maximum=SEED_MAX,
+    ),
+    Control(
+        "/steps", "int", "i", "i, f (whole numbers only)", f"{STEPS_MIN}..{STEPS_MAX}",
+        "Denoising steps per frame: 1 is fastest, more steps give cleaner detail at lower fps.",
+        default=1, param="steps", minimum=STEPS_MIN, maximum=STEPS_MAX,
+    ),
+    Control(
+        "/refresh", "string", "s", "s",
+        f"`on-change`, `every-batch`, or `every:N` with N 1..{REFRESH_EVERY_MAX}",
+        "When the multimodal encoder looks at the camera again: only when the prompt changes, "
+        "every batch, or every N frames.",
+        default="on-change", param="refresh", check=check_refresh,
+    ),
+    Control(
+        "/preset", "string", "s", "s",
+        f"a preset name (letters, digits, `-`, `_`, `.` not first; at most {PRESET_NAME_MAX} characters)",
+        "Recall a preset by name: sets every parameter the preset file lists. User presets "
+        "shadow built-in ones of the same name.",
+        action="recall_preset", check=check_preset_name,
+    ),
+    Control(
+        "/preset/save", "string", "s", "s",
+        f"a preset name (letters, digits, `-`, `_`, `.` not first; at most {PRESET_NAME_MAX} characters)",
+        "Save the current parameters as a user preset with this name (overwrites a user preset "
+        "of the same name).",
+        action="save_preset", check=check_preset_name,
+    ),
+    Control(
+        "/pause", "bool", "T", "T, F, i or f (0 or 1)", "true/false (T/F, 1/0)",
+        "Pause (true) or resume (false) processing; while paused no frames are produced.",
+        default=False, action="pause",
+    ),
+    Control(
+        "/ping", "none", "", "(none)", "-",
+        "Liveness check: answered with `/pong` sent back to the sender's address and port.",
+        action="ping",
+    ),
+)
+
+FEEDBACK: tuple[Reply, ...] = (
+    Reply("/status/fps", "f", "Frames per second delivered over the last second."),
+    Reply("/status/latency_ms", "f", "Median latency over the last second, frame in to frame out, in ms."),
+    Reply("/status/frames", "i", "Frames delivered since start."),
+    Reply("/status/dropped", "i", "Input frames dropped because a fresher one arrived."),
+    Reply("/status/errors", "i", "Malformed inputs seen since start (OSC messages and frames)."),
+    Reply("/status/state", "s", "`loading`, `warming`, `running` or `paused`."),
+    Reply("/status/prompt", "s", "The prompt whose conditioning is active now; also sent on its own "
+          "as soon as it changes."),
+)
+
+REPLIES: tuple[Reply, ...] = (
+    Reply("/error", "s", "A rejected message: `\"<address>: <reason>\"`, e.g. "
+          "`\"/steps: must be 1..4, got 9\"`. Sent to the sender and to the feedback target; "
+          "nothing of the rejected message is applied."),
+    Reply("/pong", "", "Answer to `/ping`, sent to the address and port the ping came from."),
+)
+
+BY_ADDRESS: dict[str, Control] = {c.address: c for c in CONTROLS}
+PARAM_CONTROLS: dict[str, Control] = {c.param: c for c in CONTROLS if c.param}
+
+
+def lookup(address: str) -> Control | None:
+    """The entry for an un-prefixed address, or None."""
+    return BY_ADDRESS.get(address)

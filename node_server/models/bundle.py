@@ -1,0 +1,50 @@
+"""`DreamLiteBundle`: the loaded parts of a DreamLite-family model, passed to the engine as one object.
+
+A plain dataclass rather than the diffusers pipeline: the engine drives the parts itself and must not
+need `Qwen3VLProcessor` (it pulls in torchvision) at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DreamLiteBundle:
+    """Text/vision encoder, tokenizer, image-processor settings, U-Net, tiny VAE and scheduler."""
+
+    name: str
+    text_encoder: Any  # transformers Qwen3VLForConditionalGeneration
+    tokenizer: Any  # transformers Qwen2Tokenizer (fast)
+    image_processor: dict  # patch_size, temporal_patch_size, merge_size, image_mean, image_std (+ size)
+    unet: Any  # diffusers DreamLiteUNetModel
+    vae: Any  # diffusers AutoencoderTiny
+    scheduler: Any  # diffusers FlowMatchEulerDiscreteScheduler
+    family: str = field(default="dreamlite", init=False)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The three torch modules by component name (what `.to()` moves)."""
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DreamLiteBundle":
+        """Move and/or cast the torch modules in place; returns self so calls can be chained."""
+        for module in self.modules().values():
+            current = next(module.parameters()).dtype
+            # Skip a no-op cast: diffusers warns on every `.to(dtype)` call even when nothing changes.
+            module.to(device=device, dtype=None if dtype == current else dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per module (tied weights counted once), for reports and tests."""
+        return {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules().items()}

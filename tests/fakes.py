@@ -1,0 +1,68 @@
+"""A small in-memory `ControlTarget` for the control-surface tests (no engine, no GPU)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from node_server.control.target import Status
+from node_server.errors import NodeServerError, ParamError
+
+INITIAL = {"prompt": "", "seed": 0, "steps": 1, "strength": 1.0, "refresh": "on-change", "batch_size": 1}
+
+
+class FakeTarget:
+    """Records every call; `reject` maps a param name to a reason `set_params` raises with."""
+
+    def __init__(self, store=None):
+        self.lock = threading.Lock()
+        self.params: dict[str, Any] = dict(INITIAL)
+        self.paused = False
+        self.calls: list[tuple[str, Any]] = []
+        self.store = store
+        self.reject: dict[str, str] = {}
+        self.active_prompt = ""  # what status() reports; tests move it to simulate conditioning
+        self.frames = 0
+
+    def current_params(self) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.params)
+
+    def set_params(self, **changes: Any) -> None:
+        with self.lock:
+            for name in changes:
+                if name not in self.params:
+                    raise ParamError(name, "unknown parameter")
+                if name in self.reject:
+                    raise ParamError(name, self.reject[name])
+            self.params.update(changes)
+            self.calls.append(("set_params", dict(changes)))
+
+    def set_paused(self, paused: bool) -> None:
+        with self.lock:
+            self.paused = paused
+            self.calls.append(("set_paused", paused))
+
+    def recall_preset(self, name: str) -> None:
+        if self.store is None:
+            raise NodeServerError("no preset store")
+        self.set_params(**self.store.recall(name))
+        self.calls.append(("recall_preset", name))
+
+    def save_preset(self, name: str) -> None:
+        if self.store is None:
+            raise NodeServerError("no preset store")
+        self.store.save(name, self.current_params())
+        self.calls.append(("save_preset", name))
+
+    def status(self) -> Status:
+        with self.lock:
+            return Status(
+                fps=29.5,
+                latency_ms=12.25,
+                frames=self.frames,
+                dropped=3,
+                errors=1,
+                state="paused" if self.paused else "running",
+                prompt=self.active_prompt,
+            )

@@ -1,0 +1,85 @@
+"""CUDA-only checks of the engine's stream hand-over (skipped on machines without a GPU).
+
+Run on the device: `python -m pytest -q tests/test_cuda.py`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from node_server.engine.engine import StreamEngine
+from node_server.engine.params import Params
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SIZE = 64
+
+
+def frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def cuda_bundle(tiny_bundle):
+    """The CPU-built tiny model moved to the GPU (a build on CUDA draws other random weights)."""
+    import copy
+
+    return copy.deepcopy(tiny_bundle).to(torch.device("cuda"), torch.float32)
+
+
+def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle):
+    img = frame(1)
+    params = Params().replace(prompt="oil painting", steps=2)
+    with StreamEngine(tiny_bundle, params, size=SIZE, encoder_image_size=64) as cpu:
+        ref = cpu.step([img], [0])[0].image.astype(int)
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32) as gpu:
+        assert gpu.device.type == "cuda"
+        out = gpu.step([img], [0])[0].image.astype(int)
+    assert np.abs(out - ref).max() <= 3  # TF32/kernel differences only
+
+
+def test_encoder_runs_on_its_own_stream_and_main_loop_never_waits(cuda_bundle, monkeypatch):
+    with StreamEngine(cuda_bundle, Params().replace(prompt="a"), size=SIZE, encoder_image_size=64,
+                      dtype=torch.bfloat16) as eng:
+        img = frame(2)
+        eng.step([img], [0])
+        real = eng.encoder.encode
+        seen_streams, started = [], threading.Event()
+
+        def slow(tokens, frames):
+            seen_streams.append(torch.cuda.current_stream())
+            started.set()
+            time.sleep(1.0)
+            return real(tokens, frames)
+
+        monkeypatch.setattr(eng.encoder, "encode", slow)
+        eng.set_params(prompt="b")
+        t0 = time.perf_counter()
+        prompts, gaps, last = [], [], t0
+        while time.perf_counter() - t0 < 0.8:
+            prompts.append(eng.step([img], [1])[0].prompt)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        assert started.is_set()
+        assert seen_streams[0] == eng.worker.stream != torch.cuda.current_stream()
+        assert len(prompts) >= 10 and max(gaps[1:]) < 0.3
+        assert set(prompts) == {"a"}
+        deadline = time.monotonic() + 10
+        while eng.step([img], [2])[0].prompt != "b":
+            assert time.monotonic() < deadline
+
+
+def test_every_batch_conditioning_on_cuda(cuda_bundle):
+    params = Params().replace(prompt="p", refresh="every-batch", batch_size=4)
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64) as eng:
+        ids = []
+        for b in range(6):
+            ids += [o.id for o in eng.step([frame(i) for i in range(4)], [4 * b + i for i in range(4)])]
+        assert ids == list(range(24))
+        assert eng.encode_count >= 2

@@ -23,6 +23,7 @@ class Progress:
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._start = time.perf_counter()
         self._last_draw = 0.0
+        self._drawn_count = -1
         self._closed = False
 
     def update(self, n: int = 1, note: str = "") -> None:
@@ -36,6 +37,7 @@ class Progress:
     def _draw(self, note: str = "") -> None:
         if not self.enabled:
             return
+        self._drawn_count = self.count
         elapsed = time.perf_counter() - self._start
         rate = self.count / elapsed if elapsed > 0 else 0.0
         if self.total:
@@ -57,7 +59,8 @@ class Progress:
         elapsed = time.perf_counter() - self._start
         if not self._closed:
             self._closed = True
-            self._draw(note)
+            if note or self._drawn_count != self.count:
+                self._draw(note)
             if self._tty and self.enabled:
                 self.stream.write("\n")
                 self.stream.flush()

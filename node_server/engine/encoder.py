@@ -66,8 +66,8 @@ class PromptEncoder:
         self.mean = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5)))
         self.std = tuple(cfg.get("image_std", (0.5, 0.5, 0.5)))
         unit = self.patch * self.merge
-        if image_size % unit:
-            raise ParamError("encoder_image_size", f"must be a multiple of {unit}, got {image_size}")
+        if image_size < unit or image_size % unit:
+            raise ParamError("encoder_size", f"must be a positive multiple of {unit}, got {image_size}")
         self.image_size = image_size
         self.grid = (1, image_size // self.patch, image_size // self.patch)
         self.image_tokens = self.grid[1] * self.grid[2] // self.merge**2

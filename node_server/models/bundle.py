@@ -31,10 +31,19 @@ class DreamLiteBundle:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DreamLiteBundle":
         """Move and/or cast the torch modules in place; returns self so calls can be chained."""
-        for module in self.modules().values():
-            current = next(module.parameters()).dtype
-            # Skip a no-op cast: diffusers warns on every `.to(dtype)` call even when nothing changes.
-            module.to(device=device, dtype=None if dtype == current else dtype)
+        from diffusers.utils import logging as diffusers_logging
+
+        # diffusers warns about "modules to keep in float32" on every cast, even when that list is
+        # empty (as for these models): keep its logger quiet for the cast.
+        previous = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            for module in self.modules().values():
+                current = next(module.parameters()).dtype
+                kwargs = {} if dtype is None or dtype == current else {"dtype": dtype}
+                module.to(device=device, **kwargs)
+        finally:
+            diffusers_logging.set_verbosity(previous)
         return self
 
     @property

@@ -56,7 +56,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, device=None, dtype=None, progress: 
                 + ", ".join(SYNTHETIC_PREFIX + s for s in SYNTHETIC_SIZES)
             )
         step(f"building synthetic model {name} (random weights)...", enabled=progress)
-        bundle = build_synthetic(name)
+        # tiny is built on the CPU so its weights are the same on every machine; paper (2.6B
+        # parameters) is built where it will run, since a CPU initialisation takes minutes
+        build_on = device if name == "paper" else torch.device("cpu")
+        bundle = build_synthetic(name, device=build_on)
         return _finish(bundle, device, dtype)
 
     path = Path(spec).expanduser()

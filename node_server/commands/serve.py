@@ -1,0 +1,84 @@
+"""`node-server serve`: frames over ZeroMQ, control over OSC, until SIGINT/SIGTERM.
+
+The model loads on a background thread so that a signal during a long load still ends the process
+at once; the main thread only waits for a stop request and then closes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that a value from --config is only overridden by flags actually given.
+    p.add_argument("--model", default=None, help="synthetic:tiny|paper, a model folder or a hub id (default: the built-in default model)")
+    p.add_argument("--osc-host", default=None, help="address the OSC server binds (default 127.0.0.1)")
+    p.add_argument("--osc-port", type=int, default=None, help="OSC UDP port (default 9000; 0 = any free port)")
+    p.add_argument("--osc-prefix", default=None, metavar="/PREFIX", help="prefix for every OSC address, e.g. /ns")
+    p.add_argument("--feedback", default=None, metavar="HOST:PORT", help="send /status/* and /error to this OSC target")
+    p.add_argument("--zmq-in", default=None, metavar="ADDR", help="ZeroMQ PULL address for frames in (default tcp://127.0.0.1:5555)")
+    p.add_argument("--zmq-out", default=None, metavar="ADDR", help="ZeroMQ PUB address for frames out (default tcp://127.0.0.1:5556)")
+    p.add_argument("--oscquery-port", type=int, default=None, help="OSCQuery HTTP port (default 9001; 0 = off)")
+    p.add_argument("--preset", default=None, help="preset to recall at start-up")
+    p.add_argument("--presets-dir", default=None, metavar="DIR",
+                   help="user presets (default $NODE_SERVER_PRESETS or ~/.config/node-server/presets)")
+    p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with the same keys as these flags (flags win)")
+    p.add_argument("--size", type=int, default=None, help="output size in pixels, a multiple of 32 (default 512)")
+    p.add_argument("--encoder-size", type=int, default=None, metavar="PX",
+                   help="size of the frame the vision-language encoder sees: 512 (default, as the stock "
+                        "pipeline) or 256 (64 image tokens instead of 256: a cheaper encode)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="frames per engine step (default 1)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+_KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port",
+         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..server.app import ServerApp
+    from ..server.config import resolve
+
+    config = resolve({k: getattr(args, k, None) for k in _KEYS}, args.config)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    signalled: list[int] = []
+
+    def on_signal(signum, frame):
+        if signalled:  # a second signal: give up on a clean stop
+            raise KeyboardInterrupt
+        signalled.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    app = ServerApp(config)
+    try:
+        try:
+            app.open()
+        except OSError as exc:
+            from ..errors import NodeServerError
+
+            raise NodeServerError(str(exc)) from None
+
+        def load() -> None:
+            try:
+                app.load()
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+                stop.set()
+
+        threading.Thread(target=load, name="model-load", daemon=True).start()
+        while not stop.wait(0.1):
+            pass
+    finally:
+        print("node-server serve: stopping", file=sys.stderr, flush=True)
+        app.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if failure and not signalled:  # a load cut short by the stop request is no failure
+        raise failure[0]
+    print("node-server serve: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,309 @@
+"""The running server: engine + ZeroMQ bridge + OSC control, and the `ControlTarget` they talk to.
+
+Start-up is split so that everything a user needs to see (addresses, model, device) is bound and
+printed before anything slow: `open()` binds sockets and prints, `load()` builds the engine and
+warms it up (slow), then frames flow. `close()` ends every thread and socket within about a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable, TextIO
+
+from bridges.zmq_protocol import FrameHeader
+from bridges.zmq_server import ZmqFrameServer
+
+from ..control.target import Status
+from ..engine.params import Params
+from ..errors import NodeServerError
+from ..progress import step as announce
+from .config import ServeConfig
+from .frame_loop import FrameLoop
+from .latest import LatestBuffer, Pending
+from .stats import Stats
+
+EngineFactory = Callable[["ServerApp", Params], Any]
+ERRORS_PER_SECOND = 20  # /error messages forwarded per second (all errors are still counted)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is usable, else `cpu`; explicit choices are checked."""
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise NodeServerError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return d
+
+
+def default_engine_factory(app: "ServerApp", params: Params) -> Any:
+    """Load the configured model and wrap it in a `StreamEngine` (the slow part of start-up)."""
+    from ..engine.engine import StreamEngine
+    from ..models import load_model
+
+    bundle = load_model(app.model, device=app.device, progress=app.progress)
+    return StreamEngine(bundle, params, size=app.config.size, device=app.device,
+                        encoder_image_size=app.config.encoder_size)
+
+
+class ServerApp:
+    """Owns the threads of one server; implements `node_server.control.target.ControlTarget`."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        engine_factory: EngineFactory | None = None,
+        out: TextIO | None = None,
+        progress: bool = True,
+        osc: bool = True,
+    ):
+        from ..models import DEFAULT_MODEL
+
+        self.config = config
+        self.model = config.model or DEFAULT_MODEL
+        self.device = config.device
+        self.progress = progress
+        self.out = out if out is not None else sys.stdout
+        self._engine_factory = engine_factory or default_engine_factory
+        self._want_osc = osc
+        self.stats = Stats()
+        self._lock = threading.RLock()  # guards _params/_engine/_paused against the OSC threads
+        self._params = Params()
+        if config.batch_size is not None:
+            self._params = self._params.replace(batch_size=config.batch_size)
+        self._engine: Any = None
+        self._paused = False
+        self._closed = False
+        self.buffer = LatestBuffer(self._params.batch_size)
+        self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error)
+        self.loop: FrameLoop | None = None
+        self.control: Any = None  # OscControl when OSC is on
+        self.feedback: Any = None
+        self.oscquery: Any = None
+        self.presets: Any = None
+        self._error_window = (0.0, 0)  # (second, forwarded in it)
+        self._error_hooks: list[Callable[[str], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Bind every socket and print what listens where; fast (no model load)."""
+        self.device = resolve_device(self.config.device)
+        if self.config.preset:  # a typo should fail now, not after a long model load
+            self._preset_store().recall(self.config.preset)
+        self.zmq.bind()
+        try:
+            self._open_control()
+        except BaseException:
+            self.zmq.close()
+            raise
+        self.zmq.start()
+        self._banner()
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _banner(self) -> None:
+        p = self._params
+        self._say(f"node-server serve: model {self.model} on {self.device}, size {self.config.size}, batch {p.batch_size}")
+        self._say(f"  frames in   {self.zmq.in_endpoint}  (ZeroMQ PULL)")
+        self._say(f"  frames out  {self.zmq.out_endpoint}  (ZeroMQ PUB)")
+        for line in self._control_lines():
+            self._say("  " + line)
+
+    def load(self) -> None:
+        """Build the engine, apply any preset, warm up and start the frame loop (slow)."""
+        self.stats.set_state("loading")
+        announce(f"loading model {self.model} on {self.device}...", enabled=self.progress)
+        with self._lock:
+            params = self._params
+        engine = self._engine_factory(self, params)
+        with self._lock:
+            if self._closed:
+                engine.close()
+                return
+            # OSC may have changed parameters while the model loaded: apply them now.
+            if self._params != params:
+                self._params = engine.set_params(**self._params.to_dict())
+            self._engine = engine
+        if self.config.preset:
+            self.recall_preset(self.config.preset)
+        self.stats.set_state("warming")
+        engine.warmup(progress=self.progress)
+        self.stats.set_prompt(engine.active_prompt or "")
+        with self._lock:
+            if self._closed:
+                return
+            self.loop = FrameLoop(
+                engine,
+                self.buffer,
+                self.zmq.publish,
+                self.stats,
+                batch_size=lambda: engine.params.batch_size,
+                paused=lambda: self._paused,
+                on_error=self.report_error,
+            )
+            self.stats.set_state("paused" if self._paused else "running")
+            self.loop.start()
+        self._say(f"node-server serve: {'paused' if self._paused else 'running'}")
+        self._notify()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop threads, close sockets (linger 0) and the engine; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.buffer.close()
+        self.zmq.stop_receiving(timeout=0.5)
+        loop_done = True
+        if self.loop is not None:
+            self.loop.stop()
+            loop_done = self.loop.join(timeout)
+        self._close_control()
+        # A step still running on a slow device keeps the PUB socket; process exit reclaims it.
+        self.zmq.close(close_pub=loop_done)
+        if self._engine is not None and loop_done:
+            self._engine.close()
+
+    # -- frames in -------------------------------------------------------------------------
+    def _on_frame(self, header: FrameHeader, pixels: Any, recv: float, recv_wall: float) -> None:
+        if self._paused:
+            self.stats.add_dropped(1)
+            return
+        dropped = self.buffer.put(Pending(header.id, pixels, recv, recv_wall, header.t))
+        self.stats.add_dropped(dropped)
+
+    def report_error(self, reason: str) -> None:
+        """Count a malformed input and forward it as `/error` (rate-limited to ERRORS_PER_SECOND)."""
+        self.stats.add_error()
+        sec = int(time.monotonic())
+        start, n = self._error_window
+        if sec != start:
+            start, n = sec, 0
+        self._error_window = (start, n + 1)
+        if n >= ERRORS_PER_SECOND:
+            return
+        for hook in list(self._error_hooks):
+            try:
+                hook(reason)
+            except Exception:
+                pass
+
+    def add_error_hook(self, hook: Callable[[str], None]) -> None:
+        """Also call `hook(reason)` for every forwarded error (tests, embedding programs)."""
+        self._error_hooks.append(hook)
+
+    # -- ControlTarget ---------------------------------------------------------------------
+    def current_params(self) -> dict[str, Any]:
+        with self._lock:
+            return self._params.to_dict()
+
+    def set_params(self, **changes: Any) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._params = self._engine.set_params(**changes)
+            else:
+                self._params = self._params.replace(**changes)
+            dropped = self.buffer.set_capacity(self._params.batch_size)
+        self.stats.add_dropped(dropped)
+        self._notify()
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._paused = bool(paused)
+            if self._paused:
+                self.stats.add_dropped(self.buffer.clear())
+            if self.loop is not None:
+                self.stats.set_state("paused" if self._paused else "running")
+        self._notify()
+
+    def recall_preset(self, name: str) -> None:
+        self.set_params(**self._preset_store().recall(name))
+
+    def save_preset(self, name: str) -> None:
+        self._preset_store().save(name, self.current_params())
+
+    def status(self) -> Status:
+        s = self.stats.snapshot()
+        engine = self._engine
+        if engine is not None:
+            s.prompt = engine.active_prompt or ""
+        return s
+
+    # -- OSC side ------------------------------------------------------------------------
+    def _preset_store(self) -> Any:
+        if self.presets is None:
+            from ..control.presets import PresetStore
+
+            self.presets = PresetStore(user_dir=self.config.presets_path())
+        return self.presets
+
+    def _notify(self) -> None:
+        fb = self.feedback
+        if fb is not None:
+            fb.notify()
+
+    def _on_osc_error(self, reason: str) -> None:
+        """OscControl already answered the sender; only count it for `/status/errors`."""
+        self.stats.add_error()
+
+    def _open_control(self) -> None:
+        """OSC in, feedback out, OSCQuery: bound now so their addresses can be printed."""
+        if not self._want_osc:
+            return
+        from ..control.feedback import Feedback
+        from ..control.osc import OscControl
+        from ..control.oscquery import OSCQueryServer
+
+        cfg = self.config
+        fb_addr = cfg.feedback_address()
+        try:
+            if fb_addr is not None:
+                self.feedback = Feedback(self, *fb_addr, prefix=cfg.osc_prefix)
+                self.add_error_hook(self.feedback.send_error)
+            self.control = OscControl(
+                self, host=cfg.osc_host, port=cfg.osc_port, prefix=cfg.osc_prefix,
+                feedback=self.feedback, on_error=self._on_osc_error,
+            )
+            if cfg.oscquery_port:
+                self.oscquery = OSCQueryServer(
+                    self, osc_port=self.control.port, host=cfg.osc_host, port=cfg.oscquery_port,
+                    prefix=cfg.osc_prefix, presets=self._preset_store(),
+                )
+        except BaseException:
+            self._close_control()
+            raise
+        self.control.start()
+        if self.oscquery is not None:
+            self.oscquery.start()
+        if self.feedback is not None:
+            self.feedback.start()
+
+    def _control_lines(self) -> list[str]:
+        lines = []
+        if self.control is not None:
+            prefix = self.control.prefix or "(none)"
+            lines.append(f"OSC in      udp://{self.control.host}:{self.control.port}  (prefix {prefix}; /ping answers /pong)")
+        if self.feedback is not None:
+            host, port = self.feedback.address
+            lines.append(f"feedback    udp://{host}:{port}  (OSC /status/*, /error)")
+        else:
+            lines.append("feedback    off  (--feedback HOST:PORT for /status/*; /error goes to each OSC sender)")
+        if self.oscquery is not None:
+            lines.append(f"OSCQuery    {self.oscquery.url}")
+        lines.append(f"presets     {self.config.presets_path()} (user) + built-in")
+        return lines
+
+    def _close_control(self) -> None:
+        for part in (self.oscquery, self.control, self.feedback):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:
+                    pass

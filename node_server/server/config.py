@@ -1,0 +1,125 @@
+"""`serve` settings: defaults, an optional TOML file, then command-line flags (flags win).
+
+The file uses the flags' names (`osc-port = 9000` or `osc_port = 9000`); an unknown key or a
+value of the wrong type is an error that names the key, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NodeServerError
+
+
+def default_presets_dir() -> Path:
+    """User presets: $NODE_SERVER_PRESETS, else the control side's per-user folder
+    (~/.config/node-server/presets, or under $XDG_CONFIG_HOME / %APPDATA% when set)."""
+    env = os.environ.get("NODE_SERVER_PRESETS")
+    if env:
+        return Path(env).expanduser()
+    from ..control.presets import default_user_dir
+
+    return default_user_dir()
+
+
+@dataclass
+class ServeConfig:
+    """Everything `node-server serve` needs to start."""
+
+    model: str | None = None  # None: node_server.models.DEFAULT_MODEL
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000  # 0: any free port
+    osc_prefix: str = ""  # e.g. "/ns": then /ns/prompt
+    feedback: str | None = None  # "HOST:PORT" for /status/* and replies; None: reply to sender
+    zmq_in: str = "tcp://127.0.0.1:5555"
+    zmq_out: str = "tcp://127.0.0.1:5556"
+    oscquery_port: int = 9001  # 0: off
+    preset: str | None = None
+    presets_dir: str | None = None  # None: default_presets_dir()
+    size: int = 512
+    encoder_size: int = 512  # the encoder's view of the frame: 512 (the stock pipeline's) or 256
+    batch_size: int | None = None  # None: the engine's default
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def feedback_address(self) -> tuple[str, int] | None:
+        if not self.feedback:
+            return None
+        return parse_host_port(self.feedback, "feedback")
+
+    def presets_path(self) -> Path:
+        return Path(self.presets_dir).expanduser() if self.presets_dir else default_presets_dir()
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
+_INT_KEYS = {"osc_port", "oscquery_port", "size", "encoder_size", "batch_size"}
+
+
+def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise NodeServerError(f"{what} must be HOST:PORT with a port 1..65535, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check(key: str, value: Any, origin: str) -> Any:
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NodeServerError(f"{origin}: {key} must be an integer, got {value!r}")
+        if key.endswith("port") and not 0 <= value <= 65535:
+            raise NodeServerError(f"{origin}: {key} must be 0..65535, got {value}")
+        if key in ("size", "encoder_size") and not (32 <= value <= 4096 and value % 32 == 0):
+            raise NodeServerError(f"{origin}: {key} must be a multiple of 32 in 32..4096, got {value}")
+        if key == "batch_size" and value < 1:
+            raise NodeServerError(f"{origin}: batch_size must be at least 1, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise NodeServerError(f"{origin}: {key} must be a string, got {value!r}")
+    if key == "osc_prefix" and value and not value.startswith("/"):
+        raise NodeServerError(f"{origin}: osc_prefix must start with '/', got {value!r}")
+    if key == "device":
+        v = value.lower()
+        if not (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())):
+            raise NodeServerError(f"{origin}: device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return v
+    if key == "feedback":
+        parse_host_port(value, f"{origin}: feedback")
+    return value
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a TOML file; returns {field name: value}."""
+    p = Path(path).expanduser()
+    try:
+        with open(p, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise NodeServerError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise NodeServerError(f"config file {p} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            known = ", ".join(n.replace("_", "-") for n in _FIELDS)
+            raise NodeServerError(f"config file {p}: unknown key {key!r}; known keys: {known}")
+        out[name] = _check(name, value, f"config file {p}")
+    return out
+
+
+def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfig:
+    """Defaults < file < flags; `flags` holds only the flags given (None means not given)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_config_file(config_file))
+    for key, value in flags.items():
+        if value is not None and key in _FIELDS:
+            values[key] = _check(key, value, "--" + key.replace("_", "-"))
+    return ServeConfig(**values)

@@ -125,8 +125,9 @@ class FakeEngine:
     instances: list = []
     shuffle = False
 
-    def __init__(self, bundle, params=None, *, size=512, device=None, dtype=None):
+    def __init__(self, bundle, params=None, *, size=512, device=None, dtype=None, encoder_image_size=512):
         self.params, self.size, self.calls, self.closed = params, size, [], False
+        self.encoder_image_size = encoder_image_size
         FakeEngine.instances.append(self)
 
     def warmup(self, progress=True):

@@ -199,3 +199,15 @@ def test_frame_loop_keeps_delivering_while_a_slow_encode_runs(engine, monkeypatc
     assert set(prompts) == {"oil painting"}  # the old conditioning stays active meanwhile
     seen = wait_for_prompt(engine, "watercolour", img, timeout=10)
     assert seen[-1] == "watercolour"
+
+
+def test_new_prompt_encodes_at_once_with_the_latest_frame(engine):
+    """A prompt change does not wait for the next frame: the very next output already uses it."""
+    img = frame(10)
+    engine.step([img], [0])
+    engine.set_params(prompt="neon edges")  # no frame flows while it encodes
+    deadline = time.monotonic() + 10
+    while engine.worker.latest().prompt != "neon edges":
+        assert time.monotonic() < deadline, "the new prompt was never encoded"
+        time.sleep(0.005)
+    assert engine.step([img], [1])[0].prompt == "neon edges"

@@ -164,6 +164,30 @@ def test_ping_answers_the_senders_socket(ctl, client):
         other.close()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_localhost_over_ipv6_is_served_too(ctl, target):
+    """`oscsend localhost ...` resolves to ::1: the loopback default must answer there as well."""
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s6.bind(("::1", 0))
+    s6.settimeout(2.0)
+    try:
+        s6.sendto(msg("/seed", 77), ("::1", ctl.port))
+        s6.sendto(msg("/ping"), ("::1", ctl.port))
+        assert recv_until(s6, "/pong") == []
+        assert target.params["seed"] == 77
+    finally:
+        s6.close()
+
+
 def test_bundles_apply_every_message_and_ignore_time_tags(ctl, target, client):
     future = time.time() + 30  # TouchDesigner stamps bundles; they must not be delayed
     t0 = time.monotonic()

@@ -459,7 +459,8 @@ def test_pause_drops_frames_and_resume_serves_again(live):
 
 
 def _start_serve(*extra: str) -> tuple[subprocess.Popen, list[str]]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "node_server", "serve", "--size", str(SIZE), "--device", "cpu",
            "--zmq-in", "tcp://127.0.0.1:0", "--zmq-out", "tcp://127.0.0.1:0", "--osc-port", "0", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -74,6 +74,13 @@ class _UDPServer(osc_server.BlockingOSCUDPServer):
         return True
 
 
+class _UDP6Server(_UDPServer):
+    address_family = socket.AF_INET6
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
 class OscControl:
     """OSC/UDP control surface for a `ControlTarget`.
 
@@ -128,6 +135,17 @@ class OscControl:
             raise NodeServerError(f"cannot listen for OSC on {host}:{port}: {reason}") from None
         self._server.RequestHandlerClass = _Handler
         self._server.control = self  # type: ignore[attr-defined]
+        # Tools that send to "localhost" often resolve it to ::1 (liblo's oscsend does): on the
+        # loopback default, listen on the IPv6 loopback too, on the same port, when the OS allows.
+        self._server6: _UDP6Server | None = None
+        if host in _LOOPBACK_NAMES and socket.has_ipv6:
+            try:
+                self._server6 = _UDP6Server(("::1", self.port), self._dispatcher)
+                self._server6.RequestHandlerClass = _Handler
+                self._server6.control = self  # type: ignore[attr-defined]
+            except OSError as e:
+                log.debug("no IPv6 loopback OSC listener: %s", e)
+        self._thread6: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -146,6 +164,12 @@ class OscControl:
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="osc-control", daemon=True
             )
             self._thread.start()
+            if self._server6 is not None:
+                self._thread6 = threading.Thread(
+                    target=self._server6.serve_forever, kwargs={"poll_interval": 0.05}, name="osc-control-v6",
+                    daemon=True,
+                )
+                self._thread6.start()
             if self.feedback is not None and self._owns_feedback:
                 self.feedback.start()
             shown = f" prefix {self.prefix}" if self.prefix else ""
@@ -157,10 +181,13 @@ class OscControl:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._server.shutdown()  # only valid once serve_forever runs, hence the guard
-            self._thread.join(timeout=2.0)
-        self._server.server_close()
+        for server, thread in ((self._server, self._thread), (self._server6, self._thread6)):
+            if server is None:
+                continue
+            if thread is not None:
+                server.shutdown()  # only valid once serve_forever runs, hence the guard
+                thread.join(timeout=2.0)
+            server.server_close()
         if self.feedback is not None and self._owns_feedback:
             self.feedback.close()
 
@@ -245,8 +272,9 @@ class OscControl:
 
     # -- answering ---------------------------------------------------------------------------
     def _send(self, dgram: bytes, client: tuple) -> None:
+        server = self._server6 if len(client) == 4 and self._server6 is not None else self._server
         try:
-            self._server.socket.sendto(dgram, client)
+            server.socket.sendto(dgram, client)
         except OSError as e:  # sender gone / unreachable: nothing to do but note it
             log.debug("OSC reply to %s failed: %s", client, e)
 

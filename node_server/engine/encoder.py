@@ -149,14 +149,14 @@ class PromptEncoder:
         images = self.prepare_images(frames)
         pixel_values, grid_thw = patchify(
             images, patch_size=self.patch, temporal_patch_size=self.temporal, merge_size=self.merge,
-            image_mean=self.mean, image_std=self.std, grid_device="cpu",
+            image_mean=self.mean, image_std=self.std,
         )
         out = self.model.model(
             input_ids=ids.expand(n, -1),
             attention_mask=attn.expand(n, -1),
             position_ids=positions.expand(-1, n, -1),
             pixel_values=pixel_values.to(self.dtype),
-            image_grid_thw=grid_thw,  # on the CPU: the vision tower reads it with .tolist()
+            image_grid_thw=grid_thw,  # on the device: transformers 5 builds its vision indices there
             mm_token_type_ids=types.expand(n, -1),
             use_cache=False,
         )

@@ -92,6 +92,7 @@ class StreamEngine:
         self._schedule: Optional[Schedule] = None
         self._noise: Optional[torch.Tensor] = None
         self._cond: Optional[Conditioning] = None
+        self._last_frames: Optional[torch.Tensor] = None  # the previous batch, on the device
         self._batches = 0
         self._closed = False
         if params is not None:
@@ -106,10 +107,21 @@ class StreamEngine:
             return self._params
 
     def set_params(self, **changes) -> Params:
-        """Validate and apply `changes` atomically (all or nothing); returns the new params."""
+        """Validate and apply `changes` atomically (all or nothing); returns the new params.
+
+        A new prompt starts encoding at once with the latest frame (when there is one), so its
+        conditioning can be ready before the next frame arrives; the frame loop never waits for it.
+        """
         with self._lock:
             new = self._params.replace(**changes)
         self._apply(new)
+        with self._lock:
+            frames = self._last_frames if self._prompt_dirty else None
+            if frames is not None:
+                self._prompt_dirty = False
+                tokens = self._tokens
+        if frames is not None:
+            self._request_prompt(tokens, frames, new.refresh)
         return new
 
     def _apply(self, new: Params) -> None:
@@ -152,13 +164,17 @@ class StreamEngine:
         return self.worker.encode_count
 
     # -- the main loop's step --------------------------------------------------------------
+    def _request_prompt(self, tokens, x: torch.Tensor, policy) -> None:
+        """A prompt changed: show its cached conditioning, or encode it with the latest frame(s)."""
+        if policy.kind == "on-change" and self.worker.publish_cached(tokens.prompt):
+            return
+        frames = x if policy.kind == "every-batch" else x[-1:]
+        self.worker.request(tokens, frames, cache=policy.kind == "on-change")
+
     def _conditioning(self, x: torch.Tensor, params: Params, tokens, dirty: bool, index: int) -> Conditioning:
         policy = params.refresh
         if dirty:
-            cached = policy.kind == "on-change" and self.worker.publish_cached(tokens.prompt)
-            if not cached:
-                frames = x if policy.kind == "every-batch" else x[-1:]
-                self.worker.request(tokens, frames, cache=policy.kind == "on-change")
+            self._request_prompt(tokens, x, policy)
         elif policy.due(index):
             frames = x if policy.kind == "every-batch" else x[-1:]
             self.worker.request(tokens, frames, cache=False)
@@ -202,6 +218,8 @@ class StreamEngine:
 
         x = to_device_batch(frames, self.size, self.device)
         cond = self._conditioning(x, params, tokens, dirty, index)
+        with self._lock:
+            self._last_frames = x
         embeds, mask = self._fit(cond.embeds, n), self._fit(cond.mask, n)
         images = self.denoise(x, embeds, mask, schedule, noise)
         host = to_uint8_hwc(images).cpu().numpy()

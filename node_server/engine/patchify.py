@@ -40,8 +40,8 @@ def patchify(
     """Images [B,3,H,W] in [0,1] -> (pixel_values [B*gh*gw, 3*T*P*P], grid_thw [B,3] long).
 
     pixel_values keep the input's floating dtype (float32 input matches the stock processor to
-    float rounding). grid_thw goes to `grid_device` (default: the images' device); pass "cpu" when the
-    consumer reads it on the host (Qwen3-VL's vision tower calls `.tolist()` on it), avoiding a sync.
+    float rounding). grid_thw goes to `grid_device` (default: the images' device, which is what
+    transformers 5's Qwen3-VL vision tower needs: it builds its position indices on grid_thw's device).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images shaped [B, 3, H, W], got {tuple(images.shape)}")

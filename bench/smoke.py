@@ -19,7 +19,7 @@ import torch
 
 from node_server.engine.engine import StreamEngine
 from node_server.engine.params import Params
-from node_server.models import build_synthetic, load_model
+from node_server.models import load_model
 
 
 def run_point(bundle, *, batch: int, refresh: str, frames: int, size: int) -> dict:
@@ -51,10 +51,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     args = ap.parse_args()
     t = time.perf_counter()
-    if args.model.startswith("synthetic:"):  # build straight on the GPU: 2B random params on a CPU is slow
-        bundle = build_synthetic(args.model.split(":", 1)[1], device="cuda", dtype=torch.bfloat16)
-    else:
-        bundle = load_model(args.model, device="cuda", dtype=torch.bfloat16)
+    bundle = load_model(args.model, device="cuda", dtype=torch.bfloat16)
     print(f"loaded {args.model} in {time.perf_counter() - t:.1f} s on {torch.cuda.get_device_name()}", flush=True)
     for batch, refresh in [(1, "on-change"), (8, "on-change"), (8, "every-batch")]:
         print(json.dumps(run_point(bundle, batch=batch, refresh=refresh, frames=args.frames, size=args.size)),

@@ -32,7 +32,16 @@ def cuda_bundle(tiny_bundle):
     return copy.deepcopy(tiny_bundle).to(torch.device("cuda"), torch.float32)
 
 
-def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle):
+@pytest.fixture()
+def full_fp32():
+    """Plain fp32 kernels (no TF32), so CUDA and CPU run the same arithmetic up to ordering."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle, full_fp32):
     img = frame(1)
     params = Params().replace(prompt="oil painting", steps=2)
     with StreamEngine(tiny_bundle, params, size=SIZE, encoder_image_size=64) as cpu:
@@ -41,9 +50,8 @@ def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle):
         assert gpu.device.type == "cuda"
         out = gpu.step([img], [0])[0].image.astype(int)
     diff = np.abs(out - ref)
-    # the same computation: only TF32 convolutions and kernel order differ (measured on an H200:
-    # almost all pixels within 1 level, a few up to 6)
-    assert diff.mean() < 0.25 and diff.max() <= 8, (diff.mean(), diff.max())
+    print(f"CUDA vs CPU: mean {diff.mean():.4f} max {diff.max()} levels")
+    assert diff.mean() < 0.1 and diff.max() <= 3, (diff.mean(), diff.max())
 
 
 def test_encoder_runs_on_its_own_stream_and_main_loop_never_waits(cuda_bundle, monkeypatch):

@@ -211,3 +211,47 @@ def test_new_prompt_encodes_at_once_with_the_latest_frame(engine):
         assert time.monotonic() < deadline, "the new prompt was never encoded"
         time.sleep(0.005)
     assert engine.step([img], [1])[0].prompt == "neon edges"
+
+
+def test_a_failed_encode_keeps_the_old_conditioning_and_is_reported(engine, monkeypatch):
+    img = frame(11)
+    engine.step([img], [0])
+    real = engine.encoder.encode
+    calls = []
+
+    def flaky(tokens, frames):
+        calls.append(tokens.prompt)
+        if tokens.prompt == "broken":
+            raise MemoryError("simulated out of memory")
+        return real(tokens, frames)
+
+    monkeypatch.setattr(engine.encoder, "encode", flaky)
+    engine.set_params(prompt="broken")
+    deadline = time.monotonic() + 10
+    while engine.worker.failures == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    out = engine.step([img], [1])
+    assert out[0].prompt == "oil painting"  # frames keep coming on the previous conditioning
+    message = engine.pop_encoder_error()
+    assert "MemoryError" in message and "simulated out of memory" in message
+    assert engine.pop_encoder_error() is None  # reported once
+    engine.set_params(prompt="fine again")  # the worker survived
+    assert wait_for_prompt(engine, "fine again", img)[-1] == "fine again"
+
+
+def test_a_failed_first_encode_raises_and_the_next_step_retries(tiny_bundle, monkeypatch):
+    with StreamEngine(tiny_bundle, Params().replace(prompt="p"), size=SIZE, encoder_image_size=64) as eng:
+        real = eng.encoder.encode
+        failures = [1]
+
+        def fails_once(tokens, frames):
+            if failures:
+                failures.pop()
+                raise RuntimeError("first encode fails")
+            return real(tokens, frames)
+
+        monkeypatch.setattr(eng.encoder, "encode", fails_once)
+        with pytest.raises(RuntimeError, match="first encode fails"):
+            eng.step([frame(1)], [0])
+        assert eng.step([frame(1)], [1])[0].prompt == "p"

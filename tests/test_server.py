@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,11 @@ from node_server.errors import NodeServerError
 from node_server.server.config import ServeConfig, load_config_file, resolve
 from node_server.server.latest import LatestBuffer, Pending
 from node_server.server.stats import Stats
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -398,6 +402,29 @@ def test_prompt_change_over_osc_while_frames_flow(live):
     assert ids == sorted(ids)
     gaps = np.diff([ts for ts, _ in received])
     assert len(received) > 10 and gaps.max() < 2.0  # frames kept coming during the change
+
+
+def test_encoder_failure_is_reported_and_frames_keep_flowing(live, monkeypatch):
+    app, client, osc, feedback, _, _ = live
+    engine = app._engine
+    real = engine.encoder.encode
+
+    def flaky(tokens, frames):
+        if tokens.prompt == "explode":
+            raise MemoryError("simulated encoder failure")
+        return real(tokens, frames)
+
+    monkeypatch.setattr(engine.encoder, "encode", flaky)
+    before = app.status().prompt
+    osc.send("/prompt", "explode")
+    deadline = time.monotonic() + 10
+    while engine.worker.failures == 0:
+        assert time.monotonic() < deadline, "the failing encode never ran"
+        time.sleep(0.01)
+    outs = _stream(client, 5, first_id=50_000)
+    assert len(outs) == 5 and all(h["prompt"] == before for h, _ in outs)
+    feedback.expect("/error", timeout=5, match=lambda p: "simulated encoder failure" in p[0])
+    osc.send("/prompt", before)
 
 
 def test_bad_osc_value_is_an_error_and_counted(live):

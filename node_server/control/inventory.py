@@ -241,7 +241,7 @@ CONTROLS: tuple[Control, ...] = (
         "/refresh", "string", "s", "s",
         f"`on-change`, `every-batch`, or `every:N` with N 1..{REFRESH_EVERY_MAX}",
         "When the multimodal encoder looks at the camera again: only when the prompt changes, "
-        "every batch, or every N frames.",
+        "every batch, or every N batches.",
         default="on-change", param="refresh", check=check_refresh,
     ),
     Control(

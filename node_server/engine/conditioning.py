@@ -59,7 +59,9 @@ class ConditioningWorker:
         self._tickets = 0  # handed out in order to requests and cached publishes
         self._shown_ticket = 0  # ticket of what is published now: older encodes are not shown
         self._busy = False
-        self._error: Optional[BaseException] = None
+        self._error: Optional[BaseException] = None  # last failure (fatal before a first success)
+        self._unreported: Optional[BaseException] = None
+        self.failures = 0
         self._closed = False
         self.encode_count = 0
         self._thread = threading.Thread(target=self._run, name="conditioning-worker", daemon=True)
@@ -95,10 +97,22 @@ class ConditioningWorker:
             self._lock.notify_all()
 
     def latest(self) -> Optional[Conditioning]:
+        """The newest published conditioning. A failed encode leaves the previous one in place."""
         with self._lock:
-            if self._error is not None:
-                raise RuntimeError("the conditioning encoder failed") from self._error
+            if self._latest is None and self._error is not None:
+                self._raise_failure()
             return self._latest
+
+    def _raise_failure(self) -> None:
+        """No conditioning exists and the encode failed: raise once, so a retry can follow."""
+        err, self._error, self._unreported = self._error, None, None
+        raise RuntimeError(f"the conditioning encoder failed: {type(err).__name__}: {err}") from err
+
+    def pop_error(self) -> Optional[BaseException]:
+        """The last encode failure not yet reported (then forgotten), or None."""
+        with self._lock:
+            err, self._unreported = self._unreported, None
+            return err
 
     def wait_first(self, timeout: Optional[float] = None) -> Conditioning:
         """Block until a conditioning exists (only the very first frames ever wait)."""
@@ -106,7 +120,7 @@ class ConditioningWorker:
         with self._lock:
             while self._latest is None:
                 if self._error is not None:
-                    raise RuntimeError("the conditioning encoder failed") from self._error
+                    self._raise_failure()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError("no conditioning was produced in time")
@@ -142,12 +156,13 @@ class ConditioningWorker:
                 self._busy = True
             try:
                 cond = self._encode(req)
-            except BaseException as exc:  # surfaced to the frame loop through latest()
+            except Exception as exc:  # e.g. out of memory: keep the show going on the old conditioning
                 with self._lock:
-                    self._error = exc
+                    self._error = self._unreported = exc
+                    self.failures += 1
                     self._busy = False
                     self._lock.notify_all()
-                return
+                continue
             with self._lock:
                 self._busy = False
                 if req.cache:

@@ -163,6 +163,11 @@ class StreamEngine:
     def encode_count(self) -> int:
         return self.worker.encode_count
 
+    def pop_encoder_error(self) -> Optional[str]:
+        """A failed encode since the last call, as text (the previous conditioning stayed active)."""
+        err = self.worker.pop_error()
+        return None if err is None else f"conditioning encode failed: {type(err).__name__}: {err}"
+
     # -- the main loop's step --------------------------------------------------------------
     def _request_prompt(self, tokens, x: torch.Tensor, policy) -> None:
         """A prompt changed: show its cached conditioning, or encode it with the latest frame(s)."""
@@ -178,9 +183,12 @@ class StreamEngine:
         elif policy.due(index):
             frames = x if policy.kind == "every-batch" else x[-1:]
             self.worker.request(tokens, frames, cache=False)
-        cond = self.worker.latest()
-        if cond is None:
-            cond = self.worker.wait_first()
+        try:
+            cond = self.worker.latest() or self.worker.wait_first()
+        except RuntimeError:
+            with self._lock:
+                self._prompt_dirty = True  # no conditioning at all yet: the next step asks again
+            raise
         if self._cond is None or cond.version != self._cond.version:
             self.streams.wait(cond.event)
             self.streams.keep_alive(cond.embeds)

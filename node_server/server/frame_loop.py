@@ -105,3 +105,7 @@ class FrameLoop:
         if len(pairs) < len(items):  # the engine returned fewer outputs than frames
             self.stats.add_dropped(len(items) - len(pairs))
         self.stats.set_prompt(getattr(self.engine, "active_prompt", "") or "")
+        pop_error = getattr(self.engine, "pop_encoder_error", None)
+        failure = pop_error() if pop_error is not None else None
+        if failure:
+            self.on_error(failure)

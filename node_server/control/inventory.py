@@ -213,6 +213,8 @@ class Reply:
     description: str
 
 
+PRESET_NAME_RANGE = f"a preset name (letters, digits, `-`, `_`, `.` not first; at most {PRESET_NAME_MAX} characters)"
+
 CONTROLS: tuple[Control, ...] = (
     Control(
         "/prompt", "string", "s", "s", f"0..{PROMPT_MAX_CHARS} characters (longer is an error)",
@@ -246,14 +248,14 @@ CONTROLS: tuple[Control, ...] = (
     ),
     Control(
         "/preset", "string", "s", "s",
-        f"a preset name (letters, digits, `-`, `_`, `.` not first; at most {PRESET_NAME_MAX} characters)",
+        PRESET_NAME_RANGE,
         "Recall a preset by name: sets every parameter the preset file lists. User presets "
         "shadow built-in ones of the same name.",
         action="recall_preset", check=check_preset_name,
     ),
     Control(
         "/preset/save", "string", "s", "s",
-        f"a preset name (letters, digits, `-`, `_`, `.` not first; at most {PRESET_NAME_MAX} characters)",
+        PRESET_NAME_RANGE,
         "Save the current parameters as a user preset with this name (overwrites a user preset "
         "of the same name).",
         action="save_preset", check=check_preset_name,

@@ -255,3 +255,13 @@ def test_a_failed_first_encode_raises_and_the_next_step_retries(tiny_bundle, mon
         with pytest.raises(RuntimeError, match="first encode fails"):
             eng.step([frame(1)], [0])
         assert eng.step([frame(1)], [1])[0].prompt == "p"
+
+
+def test_steps_and_strength_changes_take_effect_and_revert(engine):
+    img = frame(12)
+    base = engine.step([img], [0])[0].image
+    for change in (dict(steps=3), dict(strength=0.5)):
+        engine.set_params(**change)
+        assert (engine.step([img], [1])[0].image != base).any(), change
+        engine.set_params(steps=1, strength=1.0)
+        np.testing.assert_array_equal(engine.step([img], [2])[0].image, base)

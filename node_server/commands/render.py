@@ -86,16 +86,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _pick_device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ParamError("device", "cuda was asked for but no CUDA device is available; use --device cpu")
-    return choice
-
-
 def _build_params(args):
     from ..engine.params import Params
 
@@ -126,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.output}: an image output holds one frame but {args.input} has {total}; "
             "give a video path or a folder (no extension) as OUTPUT"
         )
-    device = _pick_device(args.device)
+    from ..models.loader import resolve_device
+
+    device = resolve_device(args.device)
 
     from ..engine.engine import StreamEngine
     from ..models import DEFAULT_MODEL, load_model

@@ -126,9 +126,11 @@ class StreamEngine:
 
     def _apply(self, new: Params) -> None:
         tokens = None
-        if new.prompt != self._params.prompt or self._tokens.prompt != new.prompt:
+        if self._tokens.prompt != new.prompt:
             tokens = self.encoder.tokenize(new.prompt)  # may raise ParamError: nothing applied yet
-        schedule = flow_schedule(self.bundle.scheduler, new.steps, new.strength, self.latent_hw)
+        schedule = self._schedule
+        if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
+            schedule = flow_schedule(self.bundle.scheduler, new.steps, new.strength, self.latent_hw)
         with self._lock:
             old = self._params
             self._params = new

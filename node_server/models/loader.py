@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, ParamError
 from ..progress import step
 from .bundle import DreamLiteBundle
 from .synthetic import IMAGE_PROCESSOR_CONFIG, SYNTHETIC_SIZES, build_synthetic
@@ -36,6 +35,17 @@ _LAYOUT = (
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(choice: str | None) -> str:
+    """A `--device` value (`auto`, `cpu`, `cuda`, `cuda:N`) -> the device to use; `auto` picks a GPU
+    when one is usable, and asking for CUDA without one is a clear error."""
+    d = (choice or "auto").lower()
+    if d == "auto":
+        return str(default_device())
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamError("device", f"{choice} was asked for but no CUDA device is available; use cpu or auto")
+    return d
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

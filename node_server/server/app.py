@@ -17,7 +17,6 @@ from bridges.zmq_server import ZmqFrameServer
 
 from ..control.target import Status
 from ..engine.params import Params
-from ..errors import NodeServerError
 from ..progress import step as announce
 from .config import ServeConfig
 from .frame_loop import FrameLoop
@@ -26,18 +25,6 @@ from .stats import Stats
 
 EngineFactory = Callable[["ServerApp", Params], Any]
 ERRORS_PER_SECOND = 20  # /error messages forwarded per second (all errors are still counted)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when a GPU is usable, else `cpu`; explicit choices are checked."""
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise NodeServerError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return d
 
 
 def default_engine_factory(app: "ServerApp", params: Params) -> Any:
@@ -92,6 +79,8 @@ class ServerApp:
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         """Bind every socket and print what listens where; fast (no model load)."""
+        from ..models.loader import resolve_device
+
         self.device = resolve_device(self.config.device)
         if self.config.preset:  # a typo should fail now, not after a long model load
             self._preset_store().recall(self.config.preset)

@@ -120,13 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
 
-    from ..engine.engine import StreamEngine
+    from ..engine.factory import build_engine
     from ..models import DEFAULT_MODEL, load_model
 
     spec = args.model or DEFAULT_MODEL
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
-    engine = StreamEngine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size)
+    engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size)
     try:
         engine.warmup(progress=verbose)
         latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)

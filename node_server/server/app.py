@@ -28,12 +28,12 @@ ERRORS_PER_SECOND = 20  # /error messages forwarded per second (all errors are s
 
 
 def default_engine_factory(app: "ServerApp", params: Params) -> Any:
-    """Load the configured model and wrap it in a `StreamEngine` (the slow part of start-up)."""
-    from ..engine.engine import StreamEngine
+    """Load the configured model and wrap it in its family's engine (the slow part of start-up)."""
+    from ..engine.factory import build_engine
     from ..models import load_model
 
     bundle = load_model(app.model, device=app.device, progress=app.progress)
-    return StreamEngine(bundle, params, size=app.config.size, device=app.device,
+    return build_engine(bundle, params, size=app.config.size, device=app.device,
                         encoder_image_size=app.config.encoder_size)
 
 

@@ -41,17 +41,64 @@ def full_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle, full_fp32):
+@pytest.mark.parametrize("mode", ["off", "graphs", "default"])
+def test_cuda_output_matches_cpu(tiny_bundle, cuda_bundle, full_fp32, mode):
     img = frame(1)
     params = Params().replace(prompt="oil painting", steps=2)
     with StreamEngine(tiny_bundle, params, size=SIZE, encoder_image_size=64) as cpu:
         ref = cpu.step([img], [0])[0].image.astype(int)
-    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32) as gpu:
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile=mode) as gpu:
         assert gpu.device.type == "cuda"
         out = gpu.step([img], [0])[0].image.astype(int)
-    diff = np.abs(out - ref)
-    print(f"CUDA vs CPU: mean {diff.mean():.4f} max {diff.max()} levels")
-    assert diff.mean() < 0.1 and diff.max() <= 3, (diff.mean(), diff.max())
+        again = gpu.step([img], [1])[0].image.astype(int)  # a replay, not the capture run
+    for got in (out, again):
+        diff = np.abs(got - ref)
+        print(f"CUDA ({mode}) vs CPU: mean {diff.mean():.4f} max {diff.max()} levels")
+        assert diff.mean() < 0.1 and diff.max() <= 3, (diff.mean(), diff.max())
+
+
+def _settle(eng, img, prompt):
+    """Step until the output is made with `prompt`'s conditioning; returns that output."""
+    deadline = time.monotonic() + 20
+    while True:
+        out = eng.step([img], [0])[0]
+        if out.prompt == prompt:
+            return out.image.astype(int)
+        assert time.monotonic() < deadline
+
+
+def test_graphs_follow_strength_seed_and_prompt_without_recapture(cuda_bundle, full_fp32):
+    img = frame(3)
+    params = Params().replace(prompt="first")
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="off") as eager, \
+         StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="graphs") as graphed:
+        previous = None
+        for changes in ({}, {"strength": 0.6}, {"seed": 7}, {"prompt": "second"}):
+            eager.set_params(**changes)
+            graphed.set_params(**changes)
+            prompt = eager.params.prompt
+            a, b = _settle(eager, img, prompt), _settle(graphed, img, prompt)
+            assert np.abs(a - b).max() <= 1, changes
+            if previous is not None:
+                assert np.abs(b - previous).mean() > 0.5, f"{changes} did not change the graphed output"
+            previous = b
+        assert graphed.graphed.captured == [(1, 1)]  # one capture served every change
+        graphed.set_params(steps=2)
+        _settle(graphed, img, "second")
+        assert graphed.graphed.captured == [(1, 1), (1, 2)]
+
+
+def test_short_batch_is_padded_to_the_captured_batch(cuda_bundle):
+    params = Params().replace(prompt="p", batch_size=4)
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, compile="graphs") as eng:
+        full = eng.step([frame(i) for i in range(4)], [0, 1, 2, 3])
+        short = eng.step([frame(0), frame(1)], [10, 11])
+        assert [o.id for o in short] == [10, 11]
+        assert eng.graphed.captured == [(4, 1)]
+        assert np.array_equal(short[0].image, full[0].image) and np.array_equal(short[1].image, full[1].image)
 
 
 def test_encoder_runs_on_its_own_stream_and_main_loop_never_waits(cuda_bundle, monkeypatch):
@@ -92,5 +139,9 @@ def test_every_batch_conditioning_on_cuda(cuda_bundle):
         ids = []
         for b in range(6):
             ids += [o.id for o in eng.step([frame(i) for i in range(4)], [4 * b + i for i in range(4)])]
+            deadline = time.monotonic() + 20
+            while eng.worker.busy:  # let each batch's request finish, so none is coalesced away
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
         assert ids == list(range(24))
-        assert eng.encode_count >= 2
+        assert eng.encode_count >= 6  # every batch asked for (and got) its own encode

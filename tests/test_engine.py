@@ -265,3 +265,14 @@ def test_steps_and_strength_changes_take_effect_and_revert(engine):
         assert (engine.step([img], [1])[0].image != base).any(), change
         engine.set_params(steps=1, strength=1.0)
         np.testing.assert_array_equal(engine.step([img], [2])[0].image, base)
+
+
+def test_compiled_modes_need_a_gpu(tiny_bundle):
+    """On the CPU `auto` runs eagerly; asking for compiled graphs there is a clear error."""
+    from node_server.errors import ParamError
+
+    with StreamEngine(tiny_bundle, Params(), size=64, encoder_image_size=64) as eng:
+        assert eng.compile_mode == "off" and eng.graphed is None
+    for mode in ("graphs", "default", "nonsense"):
+        with pytest.raises(ParamError, match="compile"):
+            StreamEngine(tiny_bundle, Params(), size=64, encoder_image_size=64, compile=mode)

@@ -44,6 +44,7 @@ class PromptTokens:
     mm_token_type_ids: torch.Tensor  # [1, L] int (1 = image token)
     position_ids: torch.Tensor  # [3, 1, L] long, multimodal rotary positions
     length: int  # valid tokens before padding
+    image_index: torch.Tensor  # [1, L] long: which image token sits at each position (0 elsewhere)
 
 
 class PromptEncoder:
@@ -54,7 +55,9 @@ class PromptEncoder:
     """
 
     def __init__(self, bundle, device: torch.device, dtype: torch.dtype, *, image_size: int = 512,
-                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS):
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, compile: bool = False):
+        """`compile`: run the fixed-shape forward through `torch.compile` (a GPU option; the first
+        encode of each batch size then compiles)."""
         self.model = bundle.text_encoder
         self.tokenizer = bundle.tokenizer
         self.device = torch.device(device)
@@ -79,6 +82,10 @@ class PromptEncoder:
         base = self._token_ids("")
         self.length = len(base) + max_prompt_tokens  # fixed token length of every encode
         self.cond_length = self.length - self.drop  # fixed conditioning length for the U-Net
+        from .encoder_forward import FixedShapeEditForward
+
+        self.forward = FixedShapeEditForward(self.model.model, self.grid)
+        self.compiled = torch.compile(self.forward, dynamic=False) if compile else None
 
     # -- once per prompt, on the CPU -------------------------------------------------------
     def _token_ids(self, prompt: str) -> list[int]:
@@ -103,7 +110,8 @@ class PromptEncoder:
         positions = self._positions(types[0, :n])
         pos = torch.zeros(3, 1, self.length, dtype=torch.long)
         pos[:, 0, :n] = positions
-        return PromptTokens(prompt, input_ids, mask, types, pos, n)
+        image_index = (types.cumsum(-1) - 1).clamp(min=0) * types  # k-th image token -> k
+        return PromptTokens(prompt, input_ids, mask, types, pos, n, image_index.long())
 
     def _positions(self, types: torch.Tensor) -> torch.Tensor:
         """Qwen3-VL's 3-axis rotary positions: text counts up on all axes; the image block takes
@@ -139,9 +147,38 @@ class PromptEncoder:
                                    align_corners=False, antialias=True).clamp(0, 1)
         return frames
 
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        images = self.prepare_images(frames)
+        pixel_values, _ = patchify(
+            images, patch_size=self.patch, temporal_patch_size=self.temporal, merge_size=self.merge,
+            image_mean=self.mean, image_std=self.std,
+        )
+        return pixel_values.to(self.dtype)
+
     @torch.no_grad()
     def encode(self, tokens: PromptTokens, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditioning for `tokens` with each of `frames` ([n,3,H,W] in [0,1] on the device)."""
+        """Conditioning for `tokens` with each of `frames` ([n,3,H,W] in [0,1] on the device),
+        through the fixed-shape forward (compiled when asked): no host round trip inside."""
+        n = frames.shape[0]
+        dev = self.device
+        ids, attn = tokens.input_ids.to(dev), tokens.attention_mask.to(dev)
+        positions, index = tokens.position_ids.to(dev), tokens.image_index.to(dev)
+        image_mask = tokens.mm_token_type_ids.to(dev).bool().unsqueeze(-1)
+        self.forward.grid_terms(dev, self.dtype)
+        run = self.compiled if self.compiled is not None else self.forward
+        hidden = run(self._pixels(frames), ids.expand(n, -1), attn.expand(n, -1), positions.expand(-1, n, -1),
+                     index.expand(n, -1), image_mask.expand(n, -1, -1))
+        return self._finish(hidden, attn, n)
+
+    def _finish(self, hidden: torch.Tensor, attn: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = hidden[:, self.drop :]
+        mask = attn[:, self.drop :].expand(n, -1)
+        embeds = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        return embeds.to(self.dtype), mask
+
+    @torch.no_grad()
+    def encode_stock(self, tokens: PromptTokens, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same conditioning through transformers' own forward (the reference for `encode`)."""
         n = frames.shape[0]
         dev = self.device
         ids, attn = tokens.input_ids.to(dev), tokens.attention_mask.to(dev)
@@ -160,7 +197,4 @@ class PromptEncoder:
             mm_token_type_ids=types.expand(n, -1),
             use_cache=False,
         )
-        hidden = out.last_hidden_state[:, self.drop :]
-        mask = attn[:, self.drop :].expand(n, -1)
-        embeds = hidden * mask.unsqueeze(-1).to(hidden.dtype)
-        return embeds.to(self.dtype), mask
+        return self._finish(out.last_hidden_state, attn, n)

@@ -19,8 +19,10 @@ import torch
 from ..errors import ParamError
 from ..progress import step as announce
 from .conditioning import Conditioning, ConditioningWorker
+from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
-from .frames import check_size, to_device_batch, to_uint8_hwc
+from .frames import check_size, to_device_batch, to_host_frames
+from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
 from .streams import Streams
 
@@ -40,6 +42,22 @@ class Schedule:
 
     sigmas: tuple[float, ...]  # steps + 1 values, the last one 0
     timesteps: tuple[float, ...]  # steps values
+
+    @property
+    def sigmas_cpu(self) -> torch.Tensor:
+        return self._tensor("sigmas")
+
+    @property
+    def timesteps_cpu(self) -> torch.Tensor:
+        return self._tensor("timesteps")
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        """One float32 CPU tensor per schedule and field (made once; the engine moves it to the
+        device on its own stream and recognises it by identity)."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        if name not in cache:
+            cache[name] = torch.tensor(getattr(self, name), dtype=torch.float32)
+        return cache[name]
 
 
 def flow_schedule(scheduler, steps: int, strength: float, latent_hw: tuple[int, int]) -> Schedule:
@@ -69,7 +87,12 @@ class StreamEngine:
 
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
-                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32):
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
+                 compile: str = "auto", progress: bool = True):
+        """`compile`: `auto` (compiled CUDA graphs on a GPU, eager on the CPU), `off` (eager),
+        `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs)."""
+        if compile not in COMPILE_MODES:
+            raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self.size = check_size(size)
         first = next(bundle.unet.parameters())
         self.device = torch.device(device) if device is not None else first.device
@@ -79,10 +102,20 @@ class StreamEngine:
         self.bundle = bundle
         self.unet, self.vae = bundle.unet, bundle.vae
         self.streams = Streams(self.device)
+        self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
+        self.denoiser = Denoiser(self.unet, self.vae, self.size, self.dtype)
+        mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
+        if mode != "off" and self.device.type != "cuda":
+            raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
+        self.compile_mode = mode
+        self.graphed = None if mode == "off" else GraphedDenoiser(
+            self.denoiser, self.device, mode=mode, announce=lambda text: announce(text, enabled=progress))
+        self._device_inputs: dict[str, tuple[object, object]] = {}  # name -> (host source, device copy)
         self.encoder = PromptEncoder(bundle, self.device, self.dtype, image_size=encoder_image_size,
-                                     max_prompt_tokens=max_prompt_tokens)
+                                     max_prompt_tokens=max_prompt_tokens,
+                                     compile=mode in ("default", "max-autotune"))
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
 
         self._lock = threading.Lock()
@@ -150,9 +183,8 @@ class StreamEngine:
 
         channels = self.vae.config.latent_channels
         gen = torch.Generator("cpu").manual_seed(seed)
-        noise = randn_tensor((1, channels, *self.latent_hw), generator=gen, device=torch.device("cpu"),
-                             dtype=self.dtype)
-        return noise.to(self.device)
+        return randn_tensor((1, channels, *self.latent_hw), generator=gen, device=torch.device("cpu"),
+                            dtype=self.dtype)  # moved to the device by the frame loop (`_on_device`)
 
     # -- state for the control side --------------------------------------------------------
     @property
@@ -198,6 +230,15 @@ class StreamEngine:
             self._cond = cond
         return self._cond
 
+    def _on_device(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """`value` (a CPU tensor made by the control side) on the device, copied on the main stream
+        only when it changed, so a parameter change never races the frame loop."""
+        cached = self._device_inputs.get(name)
+        if cached is None or cached[0] is not value:
+            cached = (value, value.to(self.device))
+            self._device_inputs[name] = cached
+        return cached[1]
+
     @staticmethod
     def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
         """Per-frame conditioning rows for a batch of n (one row is shared by all frames)."""
@@ -226,38 +267,29 @@ class StreamEngine:
         if not 1 <= n <= params.batch_size:
             raise ParamError("frames", f"a step takes 1..{params.batch_size} frames (the batch size), got {n}")
 
-        x = to_device_batch(frames, self.size, self.device)
-        cond = self._conditioning(x, params, tokens, dirty, index)
-        with self._lock:
-            self._last_frames = x
-        embeds, mask = self._fit(cond.embeds, n), self._fit(cond.mask, n)
-        images = self.denoise(x, embeds, mask, schedule, noise)
-        host = to_uint8_hwc(images).cpu().numpy()
+        with self.streams.use(self.main_stream):
+            x = to_device_batch(frames, self.size, self.device)
+            cond = self._conditioning(x, params, tokens, dirty, index)
+            with self._lock:
+                self._last_frames = x
+            # A graph runs at the full batch size: a short batch is padded with its last frame.
+            rows = params.batch_size if self.graphed is not None else n
+            if rows > n:
+                x = torch.cat([x, x[-1:].expand(rows - n, -1, -1, -1)], 0)
+            embeds, mask = self._fit(cond.embeds, rows), self._fit(cond.mask, rows)
+            out = self.denoise(x, embeds, mask, schedule, noise)
+            host = to_host_frames(out[:n], self.streams)
         return [FrameOut(int(i), host[k], cond.prompt) for k, i in enumerate(ids)]
 
     def denoise(self, x: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
                 noise: torch.Tensor) -> torch.Tensor:
-        """[n,3,H,W] frames in [0,1] -> [n,3,H,W] stylized in [-1,1] (the main stream's work)."""
-        n = x.shape[0]
-        dtype = self.dtype
-        source = self.vae.encode(x.to(dtype) * 2 - 1).latents
-        sigma0 = schedule.sigmas[0]
-        start = noise.expand(n, -1, -1, -1)
-        latents = start if sigma0 == 1.0 else ((1 - sigma0) * source + sigma0 * start).to(dtype)
-        width = latents.shape[-1]
-        time_ids = torch.tensor([[self.size[1], self.size[0]]], device=self.device, dtype=dtype).expand(n, -1)
-        for i, t in enumerate(schedule.timesteps):
-            model_in = torch.cat([latents, source], dim=3)
-            timestep = torch.full((n,), t, device=self.device, dtype=dtype)
-            velocity = self.unet(
-                model_in, timestep=timestep, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                added_cond_kwargs={"time_ids": time_ids}, return_dict=False,
-            )[0][..., :width]
-            dt = schedule.sigmas[i + 1] - schedule.sigmas[i]
-            latents = (latents.float() + dt * velocity.float()).to(velocity.dtype)
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", 0.0) or 0.0
-        return self.vae.decode(latents / cfg.scaling_factor + shift).sample
+        """[n,3,H,W] frames in [0,1] -> stylized uint8 [n,H,W,3] on the device (the main stream's work)."""
+        sigmas = self._on_device("sigmas", schedule.sigmas_cpu)
+        timesteps = self._on_device("timesteps", schedule.timesteps_cpu)
+        noise = self._on_device("noise", noise)
+        if self.graphed is not None:
+            return self.graphed.run(x, embeds, mask, noise, sigmas, timesteps)
+        return self.denoiser.run(x, embeds, mask, noise, sigmas, timesteps)
 
     # -- lifecycle -------------------------------------------------------------------------
     def warmup(self, progress: bool = True) -> float:

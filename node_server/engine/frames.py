@@ -63,10 +63,31 @@ def centre_crop_box(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int, i
     return 0, (w - cw) // 2, h, cw
 
 
+def _staged(frames: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int], device: torch.device):
+    """The common case on a GPU (host RGB frames already at the engine's size): one pinned staging
+    buffer and one asynchronous copy for the whole batch. None when the frames need the general path."""
+    h, w = size
+    if device.type != "cuda" or not all(
+        isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.shape == (h, w, 3) for f in frames
+    ):
+        return None
+    stage = torch.empty((len(frames), h, w, 3), dtype=torch.uint8, pin_memory=True)
+    view = stage.numpy()
+    for k, frame in enumerate(frames):
+        np.copyto(view[k], frame)
+    # The caching host allocator keeps `stage` from reuse until this copy has finished.
+    batch = stage.to(device, non_blocking=True)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def to_device_batch(
     frames: Sequence[np.ndarray | torch.Tensor], size: tuple[int, int], device: torch.device
 ) -> torch.Tensor:
     """uint8 frames -> float32 [B,3,H,W] in [0,1] on `device`, cropped and resized to `size`."""
+    device = torch.device(device)
+    staged = _staged(frames, size, device)
+    if staged is not None:
+        return staged
     out_h, out_w = size
     items = []
     for frame in frames:
@@ -86,6 +107,17 @@ def to_device_batch(
             x = x.clamp_(0.0, 1.0)
         items.append(x)
     return torch.cat(items, 0)
+
+
+def to_host_frames(images: torch.Tensor, streams) -> np.ndarray:
+    """uint8 [B,H,W,3] on the device -> host numpy, through a pinned buffer on a GPU. Waits only for
+    the work queued before it on the current stream (an event, not a device-wide synchronise)."""
+    if images.device.type != "cuda":
+        return images.numpy()
+    host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(images, non_blocking=True)
+    streams.record().synchronize()
+    return host.numpy()
 
 
 def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:

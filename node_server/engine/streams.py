@@ -20,8 +20,9 @@ class Streams:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
 
-    def new_stream(self) -> Optional["torch.cuda.Stream"]:
-        return torch.cuda.Stream(device=self.device) if self.cuda else None
+    def new_stream(self, priority: int = 0) -> Optional["torch.cuda.Stream"]:
+        """A new stream (None on the CPU); a negative `priority` is served first by the GPU."""
+        return torch.cuda.Stream(device=self.device, priority=priority) if self.cuda else None
 
     def current(self) -> Optional["torch.cuda.Stream"]:
         return torch.cuda.current_stream(self.device) if self.cuda else None

@@ -167,7 +167,7 @@ def test_folder_round_trip_offline(tiny_model_dir, tiny_bundle, monkeypatch, cap
 
 
 def test_load_synthetic_and_dtype():
-    assert DEFAULT_MODEL == "synthetic:tiny"
+    assert DEFAULT_MODEL == "demo"  # the embedded demo model (tests/test_demo_model.py)
     bundle = load_model("synthetic:tiny", device="cpu", dtype=torch.bfloat16, progress=False)
     assert bundle.dtype == torch.bfloat16
     assert next(bundle.text_encoder.parameters()).dtype == torch.bfloat16

@@ -251,6 +251,7 @@ def live(tiny_bundle, tmp_path_factory):
     cfg = ServeConfig(
         zmq_in="tcp://127.0.0.1:0", zmq_out="tcp://127.0.0.1:0", osc_port=0, oscquery_port=0,
         feedback=f"127.0.0.1:{feedback.port}", presets_dir=str(presets), size=SIZE, device="cpu",
+        model="synthetic:tiny",
     )
     out = io.StringIO()
 

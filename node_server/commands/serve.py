@@ -1,4 +1,4 @@
-"""`node-server serve`: frames over ZeroMQ, control over OSC, until SIGINT/SIGTERM.
+"""`node-server serve`: frames over ZeroMQ and/or Spout, control over OSC, until SIGINT/SIGTERM.
 
 The model loads on a background thread so that a signal during a long load still ends the process
 at once; the main thread only waits for a stop request and then closes everything.
@@ -21,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feedback", default=None, metavar="HOST:PORT", help="send /status/* and /error to this OSC target")
     p.add_argument("--zmq-in", default=None, metavar="ADDR", help="ZeroMQ PULL address for frames in (default tcp://127.0.0.1:5555)")
     p.add_argument("--zmq-out", default=None, metavar="ADDR", help="ZeroMQ PUB address for frames out (default tcp://127.0.0.1:5556)")
+    p.add_argument("--spout-in", default=None, metavar="NAME",
+                   help="also take frames from this Spout sender (Windows; \"\" = Spout's active sender; "
+                        "node-server spout-list shows the senders)")
+    p.add_argument("--spout-out", default=None, metavar="NAME", help="also send every output as this Spout sender (Windows)")
+    p.add_argument("--no-zmq", action="store_const", const=True, default=None,
+                   help="no ZeroMQ sockets: frames only over Spout (needs --spout-in and --spout-out)")
     p.add_argument("--oscquery-port", type=int, default=None, help="OSCQuery HTTP port (default 9001; 0 = off)")
     p.add_argument("--preset", default=None, help="preset to recall at start-up")
     p.add_argument("--presets-dir", default=None, metavar="DIR",
@@ -35,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port",
-         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device")
+         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq")
 
 
 def run(args: argparse.Namespace) -> int:

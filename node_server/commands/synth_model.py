@@ -1,6 +1,6 @@
-"""`node-server synth-model DIR --size tiny|paper`: write a random-weight model folder.
+"""`node-server synth-model DIR --size tiny|paper|sd-turbo-tiny|sd-turbo|sd-turbo-kl`: write a random-weight model folder.
 
-The folder has the DreamLite-mobile diffusers layout, so it loads through the same code as a real
+The folder has the DreamLite-mobile diffusers layout (SD sizes: the StableDiffusionPipeline layout), so it loads through the same code as a real
 model (`node-server serve --model DIR`): benchmarks at paper shapes without a download.
 """
 
@@ -13,11 +13,15 @@ from ..errors import ModelLoadError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..models.sd import SD_SYNTHETIC_SIZES
     from ..models.synthetic import SYNTHETIC_SIZES
 
     parser.add_argument("dir", metavar="DIR", help="folder to write (created; must be empty unless --force)")
-    parser.add_argument("--size", choices=SYNTHETIC_SIZES, default="tiny",
-                        help="tiny: a few million parameters for tests; paper: the published shapes (~2.6B)")
+    parser.add_argument("--size", choices=SYNTHETIC_SIZES + SD_SYNTHETIC_SIZES, default="tiny",
+                        help="tiny: a few million parameters for tests; paper: the published shapes (~2.6B); "
+                        "sd-turbo-tiny: a tiny SD-class model (StableDiffusionPipeline layout); sd-turbo: "
+                        "SD-Turbo's U-Net and CLIP with a TAESD-shaped tiny VAE (~1.2B); sd-turbo-kl: the same "
+                        "with SD's AutoencoderKL")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same weights)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                         help="weight precision on disk (bfloat16 halves the paper model's ~10 GiB)")
@@ -40,6 +44,7 @@ def _human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.sd import SD_SYNTHETIC_SIZES, write_sd_model_folder
     from ..models.synthetic import write_model_folder
     from ..progress import step
 
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     step(f"building synthetic {args.size} model (seed {args.seed})...")
     import torch
 
-    bundle = write_model_folder(target, args.size, seed=args.seed, dtype=getattr(torch, _DTYPES[args.dtype]))
+    write = write_sd_model_folder if args.size in SD_SYNTHETIC_SIZES else write_model_folder
+    bundle = write(target, args.size, seed=args.seed, dtype=getattr(torch, _DTYPES[args.dtype]))
     counts = bundle.parameter_counts()
     print(f"wrote {target.resolve()} ({args.size}, seed {args.seed}, {args.dtype}, "
           f"{_human(_disk_size(target))} on disk)")

@@ -19,6 +19,8 @@ SEED_MAX = 2**31 - 1
 STEPS_MIN, STEPS_MAX = 1, 4
 REFRESH_EVERY_MAX = 1000
 PRESET_NAME_MAX = 64
+BLEND_SLOTS = 4  # prompt and seed blend slots (engine/params.py BLEND_SLOTS)
+GUIDANCE_MIN, GUIDANCE_MAX = 1.0, 5.0
 
 # Letters, digits, '-', '_', '.'; never a leading '.', so no hidden files and no '..' traversal
 # (and no '/' or '\\', so a name can never leave the preset folder).
@@ -120,14 +122,14 @@ class Control:
     """One OSC address the server accepts and how it maps onto the `ControlTarget`."""
 
     address: str  # without prefix
-    kind: str  # "string" | "float" | "int" | "bool" | "none"
+    kind: str  # "string" | "float" | "int" | "bool" | "none" | "pairs"
     type_tag: str  # canonical OSC type tag string ("" when no argument)
     accepts: str  # the type tags actually accepted, for the docs
     range_text: str  # the range in words, for the docs
     description: str
     default: Any = None
     param: str | None = None  # keyword for `set_params`, or None for an action
-    action: str | None = None  # "pause" | "recall_preset" | "save_preset" | "ping"
+    action: str | None = None  # "pause" | "recall_preset" | "save_preset" | "ping" | "blend" | "seed_blend"
     minimum: float | None = None
     maximum: float | None = None
     min_exclusive: bool = False
@@ -142,6 +144,8 @@ class Control:
     def coerce(self, args: tuple | list) -> Any:
         """Turn the OSC arguments into the value to apply, or raise `ControlValueError`."""
         args = tuple(args)
+        if self.kind == "pairs":
+            return self._coerce_pairs(args)
         if self.kind == "none":
             if args:
                 raise ControlValueError(f"takes no arguments, got {len(args)}")
@@ -166,6 +170,33 @@ class Control:
             self._check_range(number)
             return number
         raise AssertionError(f"unknown kind {self.kind}")  # pragma: no cover - inventory bug
+
+    def _coerce_pairs(self, args: tuple) -> list:
+        """Alternating value/weight arguments (`type_tag` names one pair, e.g. `sf`); none clears."""
+        if len(args) % 2:
+            raise ControlValueError(f"takes value/weight pairs, got {len(args)} arguments (odd)")
+        if len(args) > 2 * BLEND_SLOTS:
+            raise ControlValueError(f"takes at most {BLEND_SLOTS} pairs, got {len(args) // 2}")
+        pairs = []
+        for i in range(0, len(args), 2):
+            value, weight = args[i], args[i + 1]
+            if self.type_tag[0] == "s":
+                if not isinstance(value, str):
+                    raise ControlValueError(f"argument {i + 1}: expected a prompt string, got {_describe_arg(value)}")
+                if len(value) > PROMPT_MAX_CHARS:
+                    raise ControlValueError(f"argument {i + 1}: longer than {PROMPT_MAX_CHARS} characters")
+            else:
+                value = _number(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ControlValueError(f"argument {i + 1}: seed must be a whole number, got {value}")
+                value = int(value)
+                if not 0 <= value <= SEED_MAX:
+                    raise ControlValueError(f"argument {i + 1}: seed must be 0..{SEED_MAX}, got {value}")
+            weight = float(_number(weight))
+            if not 0.0 <= weight <= 1.0:
+                raise ControlValueError(f"argument {i + 2}: weight must be 0..1, got {weight}")
+            pairs.append((value, weight))
+        return pairs
 
     def _coerce_string(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -197,6 +228,8 @@ class Control:
         """OSCQuery RANGE: one object per argument (None where a value has no range)."""
         if self.kind == "none":
             return None
+        if self.kind == "pairs":
+            return [None]
         if self.kind in ("int", "float"):
             return [{"MIN": self.minimum, "MAX": self.maximum}]
         if self.kind == "bool":
@@ -271,6 +304,70 @@ CONTROLS: tuple[Control, ...] = (
         action="ping",
     ),
 )
+
+def _blend_controls() -> tuple[Control, ...]:
+    """Prompt and seed blending (CLIP-conditioned SD-class models; the DreamLite engine ignores them)."""
+    out = [
+        Control(
+            "/blend", "pairs", "sf", f"s f pairs (up to {BLEND_SLOTS}); no arguments clears",
+            "prompt/weight pairs, weights 0..1",
+            "Prompt blending: `/blend \"oil painting\" 0.7 \"neon city\" 0.3` sets the blend slots in "
+            "order (the rest are cleared). While any slot has a weight above 0 the conditioning is "
+            "the weighted mean (weights normalised) of the slots' prompt embeddings and replaces "
+            "`/prompt`. A new prompt is encoded once; changing only weights never re-encodes.",
+            action="blend",
+        ),
+        Control(
+            "/seed_blend", "pairs", "if", f"i f pairs (up to {BLEND_SLOTS}); no arguments clears",
+            f"seed/weight pairs, seeds 0..{SEED_MAX}, weights 0..1",
+            "Seed blending: while any slot has a weight above 0 the starting noise is the weighted "
+            "mix of the seeds' noises (rescaled to unit variance) and replaces `/seed`.",
+            action="seed_blend",
+        ),
+    ]
+    for i in range(1, BLEND_SLOTS + 1):
+        out += [
+            Control(f"/blend/{i}/prompt", "string", "s", "s", f"0..{PROMPT_MAX_CHARS} characters",
+                    f"Prompt of blend slot {i}.", default="", param=f"blend_{i}_prompt",
+                    max_chars=PROMPT_MAX_CHARS),
+            Control(f"/blend/{i}/weight", "float", "f", "f, i", "0..1",
+                    f"Weight of blend slot {i} (0 = off; a fader).", default=0.0, param=f"blend_{i}_weight",
+                    minimum=0.0, maximum=1.0),
+            Control(f"/seed_blend/{i}/seed", "int", "i", "i, f (whole numbers only)", f"0..{SEED_MAX}",
+                    f"Seed of seed-blend slot {i}.", default=0, param=f"seed_blend_{i}_seed",
+                    minimum=0, maximum=SEED_MAX),
+            Control(f"/seed_blend/{i}/weight", "float", "f", "f, i", "0..1",
+                    f"Weight of seed-blend slot {i} (0 = off).", default=0.0, param=f"seed_blend_{i}_weight",
+                    minimum=0.0, maximum=1.0),
+        ]
+    out += [
+        Control("/seed_mode", "string", "s", "s", "`fixed` or `per-frame`",
+                "`fixed`: the same noise for every frame (steady image); `per-frame`: new noise each "
+                "frame (seed blending is then ignored). SD-class models.",
+                default="fixed", param="seed_mode", check=_check_seed_mode),
+        Control("/cfg", "string", "s", "s", "`none` or `self`",
+                "Residual classifier-free guidance (StreamDiffusion's RCFG): `self` pushes each step "
+                "away from its own input noise by `/guidance`, at no extra U-Net cost. SD-class models.",
+                default="none", param="cfg", check=_check_cfg),
+        Control("/guidance", "float", "f", "f, i", f"{GUIDANCE_MIN:g}..{GUIDANCE_MAX:g}",
+                "Guidance scale used when `/cfg` is `self` (1 = no effect).",
+                default=1.2, param="guidance", minimum=GUIDANCE_MIN, maximum=GUIDANCE_MAX),
+    ]
+    return tuple(out)
+
+
+def _check_choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text not in options:
+            raise ControlValueError(f"must be {' or '.join(options)}, got {_short(text)}")
+        return text
+    return check
+
+
+_check_seed_mode = _check_choice(("fixed", "per-frame"))
+_check_cfg = _check_choice(("none", "self"))
+
+CONTROLS = CONTROLS + _blend_controls()
 
 FEEDBACK: tuple[Reply, ...] = (
     Reply("/status/fps", "f", "Frames per second delivered over the last second."),

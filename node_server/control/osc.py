@@ -267,6 +267,8 @@ class OscControl:
             self.target.save_preset(value)
         elif control.action == "ping":
             self._send(build_message(self.prefix + "/pong").dgram, client)
+        elif control.action in ("blend", "seed_blend"):  # the whole weighted list at once
+            self.target.set_params(**{control.action: value})
         else:  # pragma: no cover - inventory bug
             raise AssertionError(f"no mapping for {control.address}")
 

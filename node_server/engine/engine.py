@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ParamError
 from ..progress import step as announce
+from .attention import use_aligned_heads
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
@@ -105,6 +106,7 @@ class StreamEngine:
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
+        use_aligned_heads(self.unet)  # masked cross-attention on a fused kernel (see engine/attention.py)
         self.denoiser = Denoiser(self.unet, self.vae, self.size, self.dtype)
         mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
         if mode != "off" and self.device.type != "cuda":
@@ -128,10 +130,9 @@ class StreamEngine:
         self._last_frames: Optional[torch.Tensor] = None  # the previous batch, on the device
         self._batches = 0
         self._closed = False
-        if params is not None:
-            self._apply(params)
-        else:
-            self._apply(self._params)
+        if params is None:  # a model folder may ask for its own defaults (node_server.json)
+            params = Params().replace(**(getattr(bundle, "defaults", None) or {}))
+        self._apply(params)
 
     # -- parameters ------------------------------------------------------------------------
     @property

@@ -13,13 +13,27 @@ from ..errors import ModelLoadError
 from .params import Params
 
 
+def with_model_defaults(bundle: Any, params: Optional[Params]) -> Params:
+    """`params` with the model's own defaults (`bundle.defaults`) filled in for every setting that is
+    still at the global default; what the user set explicitly to another value wins."""
+    params = params if params is not None else Params()
+    base = Params()
+    fill = {k: v for k, v in (getattr(bundle, "defaults", None) or {}).items() if getattr(params, k) == getattr(base, k)}
+    return params.replace(**fill) if fill else params
+
+
 def build_engine(bundle: Any, params: Optional[Params] = None, *, size=512, device=None,
                  encoder_image_size: int = 512, **options: Any) -> Any:
     """Wrap `bundle` in the engine for its family (`bundle.family`)."""
+    params = with_model_defaults(bundle, params)
     family = getattr(bundle, "family", "dreamlite")
     if family == "dreamlite":
         from .engine import StreamEngine
 
         return StreamEngine(bundle, params, size=size, device=device,
                             encoder_image_size=encoder_image_size, **options)
+    if family == "sd":
+        from .sd_engine import SDStreamEngine
+
+        return SDStreamEngine(bundle, params, size=size, device=device, **options)
     raise ModelLoadError(f"no engine for model family {family!r}")

@@ -113,6 +113,75 @@ def _check_prompt(value: Any) -> str:
     return value
 
 
+BLEND_SLOTS = 4
+BLEND_WEIGHT_RANGE = (0.0, 1.0)
+SEED_MODES = ("fixed", "per-frame")
+CFG_TYPES = ("none", "self")
+GUIDANCE_RANGE = (1.0, 5.0)
+
+
+def _weight(name: str, value: Any) -> float:
+    return _in_range(name, _as_float(name, value), *BLEND_WEIGHT_RANGE)
+
+
+def _pairs(name: str, value: Any, first) -> tuple:
+    """A weighted list: pairs, or a flat alternating list [x1, w1, x2, w2, ...]; at most BLEND_SLOTS
+    pairs. Returned padded to BLEND_SLOTS slots (unused slots have weight 0)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ParamError(name, f"expected a list of (value, weight) pairs, got {type(value).__name__}")
+    items = list(value)
+    if items and not all(isinstance(v, (list, tuple)) for v in items):
+        if len(items) % 2:
+            raise ParamError(name, f"expected alternating value/weight arguments, got {len(items)} (odd)")
+        items = [items[i : i + 2] for i in range(0, len(items), 2)]
+    if len(items) > BLEND_SLOTS:
+        raise ParamError(name, f"at most {BLEND_SLOTS} pairs, got {len(items)}")
+    out = []
+    for pair in items:
+        if len(pair) != 2:
+            raise ParamError(name, f"expected (value, weight) pairs, got {pair!r}")
+        out.append((first(pair[0]), _weight(name, pair[1])))
+    pad = (first.empty, 0.0)
+    return tuple(out) + (pad,) * (BLEND_SLOTS - len(out))
+
+
+def _blend_prompt(value: Any) -> str:
+    return _check_prompt(value)
+
+
+def _blend_seed(value: Any) -> int:
+    return _in_range("seed", _as_int("seed", value), 0, SEED_MAX)
+
+
+_blend_prompt.empty = ""  # type: ignore[attr-defined]
+_blend_seed.empty = 0  # type: ignore[attr-defined]
+
+
+def _choice(name: str, options: tuple[str, ...]):
+    def check(value: Any) -> str:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in options:
+            raise ParamError(name, f"must be one of {', '.join(options)}, got {value!r}")
+        return text
+    return check
+
+
+# Per-slot keys (`blend_2_weight`) change one slot of `blend` / `seed_blend`: (field, slot, part).
+SLOT_KEYS: dict[str, tuple[str, int, int]] = {}
+for _i in range(1, BLEND_SLOTS + 1):
+    SLOT_KEYS[f"blend_{_i}_prompt"] = ("blend", _i - 1, 0)
+    SLOT_KEYS[f"blend_{_i}_weight"] = ("blend", _i - 1, 1)
+    SLOT_KEYS[f"seed_blend_{_i}_seed"] = ("seed_blend", _i - 1, 0)
+    SLOT_KEYS[f"seed_blend_{_i}_weight"] = ("seed_blend", _i - 1, 1)
+
+
+def _slot_check(key: str):
+    field_name, _, part = SLOT_KEYS[key]
+    if part == 1:
+        return lambda v: _weight(key, v)
+    return _blend_prompt if field_name == "blend" else (lambda v: _in_range(key, _as_int(key, v), 0, SEED_MAX))
+
+
 _CHECKS = {
     "prompt": _check_prompt,
     "seed": lambda v: _in_range("seed", _as_int("seed", v), 0, SEED_MAX),
@@ -120,7 +189,16 @@ _CHECKS = {
     "strength": lambda v: _strength(v),
     "batch_size": lambda v: _in_range("batch_size", _as_int("batch_size", v), *BATCH_RANGE),
     "refresh": RefreshPolicy.parse,
+    "blend": lambda v: _pairs("blend", v, _blend_prompt),
+    "seed_blend": lambda v: _pairs("seed_blend", v, _blend_seed),
+    "seed_mode": _choice("seed_mode", SEED_MODES),
+    "cfg": _choice("cfg", CFG_TYPES),
+    "guidance": lambda v: _in_range("guidance", _as_float("guidance", v), *GUIDANCE_RANGE),
 }
+_CHECKS.update({key: _slot_check(key) for key in SLOT_KEYS})
+
+_NO_BLEND = (("", 0.0),) * BLEND_SLOTS
+_NO_SEED_BLEND = ((0, 0.0),) * BLEND_SLOTS
 
 
 def _strength(value: Any) -> float:
@@ -140,20 +218,61 @@ class Params:
     strength: float = 1.0
     batch_size: int = 1
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
+    # Prompt blending (SD-class engines): BLEND_SLOTS (prompt, weight) slots; while any weight is
+    # above 0 the weighted mix of the slots' embeddings replaces `prompt` (see docs/SD_MODELS.md).
+    blend: tuple = _NO_BLEND
+    # Seed blending: (seed, weight) slots; while any weight is above 0 they replace `seed`.
+    seed_blend: tuple = _NO_SEED_BLEND
+    seed_mode: str = "fixed"  # "fixed": one noise for every frame; "per-frame": new noise each frame
+    cfg: str = "none"  # residual classifier-free guidance: "none" or "self" (SD-class engines)
+    guidance: float = 1.2  # guidance scale when cfg is "self"
 
     def replace(self, **changes: Any) -> "Params":
-        """A copy with `changes` applied; all values are checked before any is applied."""
+        """A copy with `changes` applied; all values are checked before any is applied.
+
+        Whole lists (`blend`, `seed_blend`) apply before per-slot keys (`blend_2_weight`)."""
         unknown = sorted(set(changes) - set(_CHECKS))
         if unknown:
-            raise ParamError(unknown[0], f"unknown parameter; known: {', '.join(_CHECKS)}")
+            known = [k for k in _CHECKS if k not in SLOT_KEYS] + ["blend_N_prompt|weight", "seed_blend_N_seed|weight"]
+            raise ParamError(unknown[0], f"unknown parameter; known: {', '.join(known)}")
         checked = {name: _CHECKS[name](value) for name, value in changes.items()}
+        slots = {k: checked.pop(k) for k in list(checked) if k in SLOT_KEYS}
+        for key, value in slots.items():
+            field_name, index, part = SLOT_KEYS[key]
+            current = [list(pair) for pair in checked.get(field_name, getattr(self, field_name))]
+            current[index][part] = value
+            checked[field_name] = tuple(tuple(pair) for pair in current)
         return dataclasses.replace(self, **checked)
 
     def to_dict(self) -> dict[str, Any]:
+        """Flat values by name (what OSCQuery and presets read): blend slots as `blend_N_*` keys."""
         d = dataclasses.asdict(self)
         d["refresh"] = str(self.refresh)
+        for name in ("blend", "seed_blend"):
+            del d[name]
+        for key, (field_name, index, part) in SLOT_KEYS.items():
+            d[key] = getattr(self, field_name)[index][part]
         return d
+
+    def active_blend(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """(prompts, weights) to condition on: the blend slots with weight > 0, merged by prompt,
+        or (`prompt`,) with weight 1 when no slot has weight."""
+        return _active(self.blend, self.prompt)
+
+    def active_seeds(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(seeds, weights) of the noise: the seed slots with weight > 0, or (`seed`,) alone."""
+        return _active(self.seed_blend, self.seed)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Params":
         return cls().replace(**d)
+
+
+def _active(slots, single):
+    merged: dict[Any, float] = {}
+    for value, weight in slots:
+        if weight > 0:
+            merged[value] = merged.get(value, 0.0) + weight
+    if not merged:
+        return (single,), (1.0,)
+    return tuple(merged), tuple(merged.values())

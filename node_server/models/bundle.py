@@ -23,6 +23,7 @@ class DreamLiteBundle:
     unet: Any  # diffusers DreamLiteUNetModel
     vae: Any  # diffusers AutoencoderTiny
     scheduler: Any  # diffusers FlowMatchEulerDiscreteScheduler
+    defaults: dict = field(default_factory=dict)  # the model's own parameter defaults (node_server.json)
     family: str = field(default="dreamlite", init=False)
 
     def modules(self) -> dict[str, torch.nn.Module]:

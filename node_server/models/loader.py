@@ -17,9 +17,14 @@ import torch
 from ..errors import ModelLoadError, ParamError
 from ..progress import step
 from .bundle import DreamLiteBundle
+from .sd import SD_SYNTHETIC_SIZES, build_sd_synthetic_for, is_sd_folder, load_sd_folder
 from .synthetic import IMAGE_PROCESSOR_CONFIG, SYNTHETIC_SIZES, build_synthetic
 
-DEFAULT_MODEL = "synthetic:tiny"
+# The embedded demo model (trained by tools/train_demo_model.py, docs/DEMO_MODEL.md): real weights
+# shipped inside the package, so a fresh install stylizes visibly with no download.
+DEMO_SPEC = "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEFAULT_MODEL = DEMO_SPEC
 SYNTHETIC_PREFIX = "synthetic:"
 # Component subfolders of a DreamLite model folder, in load order.
 COMPONENTS = ("text_encoder", "tokenizer", "processor", "unet", "vae", "scheduler")
@@ -54,16 +59,25 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_model(spec: str = DEFAULT_MODEL, *, device=None, dtype=None, progress: bool = True) -> DreamLiteBundle:
-    """Load a model by spec: `synthetic:tiny|paper`, a local folder, or a hub id (`owner/name[@revision]`)."""
+    """Load a model by spec: `synthetic:tiny|paper|sd-turbo-tiny|sd-turbo|sd-turbo-kl`, a local folder
+    (DreamLite or Stable Diffusion layout), or a hub id (`owner/name[@revision]`)."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype if dtype is not None else default_dtype(device)
     spec = str(spec)
+    if spec == DEMO_SPEC:
+        if not (DEMO_DIR / "model_index.json").is_file():
+            raise ModelLoadError(f"the demo model's folder {str(DEMO_DIR)!r} is missing or incomplete; "
+                                 "reinstall the package or train it with tools/train_demo_model.py")
+        return load_folder(DEMO_DIR, device=device, dtype=dtype, progress=progress, name=DEMO_SPEC)
     if spec.startswith(SYNTHETIC_PREFIX):
         name = spec[len(SYNTHETIC_PREFIX):]
+        if name in SD_SYNTHETIC_SIZES:  # CLIP-conditioned SD-class models (models/sd.py)
+            step(f"building synthetic model {name} (random weights)...", enabled=progress)
+            return build_sd_synthetic_for(name, device, dtype)
         if name not in SYNTHETIC_SIZES:
             raise ModelLoadError(
                 f"unknown synthetic model {spec!r}; expected one of: "
-                + ", ".join(SYNTHETIC_PREFIX + s for s in SYNTHETIC_SIZES)
+                + ", ".join(SYNTHETIC_PREFIX + s for s in SYNTHETIC_SIZES + SD_SYNTHETIC_SIZES)
             )
         step(f"building synthetic model {name} (random weights)...", enabled=progress)
         # tiny is built on the CPU so its weights are the same on every machine; paper (2.6B
@@ -74,13 +88,17 @@ def load_model(spec: str = DEFAULT_MODEL, *, device=None, dtype=None, progress: 
 
     path = Path(spec).expanduser()
     if path.exists():
+        if is_sd_folder(path):
+            return load_sd_folder(path, device=device, dtype=dtype, progress=progress)
         return load_folder(path, device=device, dtype=dtype, progress=progress)
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
         raise ModelLoadError(
             f"model folder not found: {spec!r}; expected an existing folder, a hub id such as "
-            f"'owner/name', or one of: " + ", ".join(SYNTHETIC_PREFIX + s for s in SYNTHETIC_SIZES)
+            f"'owner/name', or one of: " + ", ".join(SYNTHETIC_PREFIX + s for s in SYNTHETIC_SIZES + SD_SYNTHETIC_SIZES)
         )
     folder = _download(spec, progress)
+    if is_sd_folder(folder):
+        return load_sd_folder(folder, device=device, dtype=dtype, progress=progress, name=spec)
     return load_folder(folder, device=device, dtype=dtype, progress=progress, name=spec)
 
 
@@ -185,9 +203,29 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
         unet=parts["unet"],
         vae=parts["vae"],
         scheduler=parts["scheduler"],
+        defaults=_model_defaults(folder),
     )
     _check_token_ids(bundle, folder)
     return _finish(bundle, device, dtype)
+
+
+MODEL_DEFAULTS_FILE = "node_server.json"
+
+
+def _model_defaults(folder: Path) -> dict:
+    """Parameter defaults a model folder asks for (`node_server.json`: {"defaults": {...}}), e.g. the
+    demo model's edit strength; checked like any parameter change, so a bad file fails the load."""
+    path = folder / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        defaults = dict(json.loads(path.read_text()).get("defaults", {}))
+        from ..engine.params import Params
+
+        Params().replace(**defaults)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: bad model defaults: {exc}") from None
+    return defaults
 
 
 def _check_token_ids(bundle: DreamLiteBundle, folder: Path) -> None:

@@ -67,7 +67,12 @@ class ServerApp:
         self._paused = False
         self._closed = False
         self.buffer = LatestBuffer(self._params.batch_size)
-        self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error)
+        self.zmq: ZmqFrameServer | None = None  # None with --no-zmq
+        if not config.no_zmq:
+            self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error)
+        self.spout_in: Any = None  # bridges.spout.SpoutReceiver with --spout-in
+        self.spout_out: Any = None  # bridges.spout.SpoutSender with --spout-out
+        self._sinks: list[Callable[[dict[str, Any], Any], None]] = []  # every enabled frame output
         self.loop: FrameLoop | None = None
         self.control: Any = None  # OscControl when OSC is on
         self.feedback: Any = None
@@ -84,14 +89,45 @@ class ServerApp:
         self.device = resolve_device(self.config.device)
         if self.config.preset:  # a typo should fail now, not after a long model load
             self._preset_store().recall(self.config.preset)
-        self.zmq.bind()
+        self._make_spout()  # SpoutGL missing fails here, before anything is bound
+        if self.zmq is not None:
+            self.zmq.bind()
+            self._sinks.append(self.zmq.publish)
         try:
             self._open_control()
         except BaseException:
-            self.zmq.close()
+            if self.zmq is not None:
+                self.zmq.close()
             raise
-        self.zmq.start()
+        if self.zmq is not None:
+            self.zmq.start()
+        if self.spout_out is not None:
+            self.spout_out.start()
+            self._sinks.append(self.spout_out.publish)
+        if self.spout_in is not None:
+            self.spout_in.start()
         self._banner()
+
+    def _make_spout(self) -> None:
+        """Build the Spout receiver/sender asked for (threads start later); SpoutGL loads here."""
+        cfg = self.config
+        if cfg.spout_in is None and cfg.spout_out is None:
+            return
+        from bridges.spout import SpoutReceiver, SpoutSender, SpoutUnavailable
+
+        from ..errors import NodeServerError
+
+        def event(text: str) -> None:
+            self._say(f"node-server serve: {text}")
+
+        try:
+            if cfg.spout_in is not None:
+                self.spout_in = SpoutReceiver(cfg.spout_in, self.submit_frame, on_error=self.report_error,
+                                              on_event=event)
+            if cfg.spout_out is not None:
+                self.spout_out = SpoutSender(cfg.spout_out, on_error=self.report_error, on_event=event)
+        except SpoutUnavailable as exc:
+            raise NodeServerError(f"--spout-in/--spout-out: {exc}") from None
 
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -100,8 +136,13 @@ class ServerApp:
     def _banner(self) -> None:
         p = self._params
         self._say(f"node-server serve: model {self.model} on {self.device}, size {self.config.size}, batch {p.batch_size}")
-        self._say(f"  frames in   {self.zmq.in_endpoint}  (ZeroMQ PULL)")
-        self._say(f"  frames out  {self.zmq.out_endpoint}  (ZeroMQ PUB)")
+        if self.zmq is not None:
+            self._say(f"  frames in   {self.zmq.in_endpoint}  (ZeroMQ PULL)")
+            self._say(f"  frames out  {self.zmq.out_endpoint}  (ZeroMQ PUB)")
+        if self.spout_in is not None:
+            self._say(f"  frames in   {self.spout_in.label}  (Spout receiver; waits for the sender)")
+        if self.spout_out is not None:
+            self._say(f"  frames out  {self.spout_out.label}  (Spout sender)")
         for line in self._control_lines():
             self._say("  " + line)
 
@@ -119,6 +160,8 @@ class ServerApp:
             # OSC may have changed parameters while the model loaded: apply them now.
             if self._params != params:
                 self._params = engine.set_params(**self._params.to_dict())
+            else:  # the engine may have filled in the model's own defaults
+                self._params = getattr(engine, "params", self._params)
             self._engine = engine
         if self.config.preset:
             self.recall_preset(self.config.preset)
@@ -131,7 +174,7 @@ class ServerApp:
             self.loop = FrameLoop(
                 engine,
                 self.buffer,
-                self.zmq.publish,
+                self._publish,
                 self.stats,
                 batch_size=lambda: engine.params.batch_size,
                 paused=lambda: self._paused,
@@ -149,24 +192,42 @@ class ServerApp:
                 return
             self._closed = True
         self.buffer.close()
-        self.zmq.stop_receiving(timeout=0.5)
+        if self.zmq is not None:
+            self.zmq.stop_receiving(timeout=0.5)
+        if self.spout_in is not None:
+            self.spout_in.close(timeout=0.5)
         loop_done = True
         if self.loop is not None:
             self.loop.stop()
             loop_done = self.loop.join(timeout)
         self._close_control()
         # A step still running on a slow device keeps the PUB socket; process exit reclaims it.
-        self.zmq.close(close_pub=loop_done)
+        if self.zmq is not None:
+            self.zmq.close(close_pub=loop_done)
+        if self.spout_out is not None:
+            self.spout_out.close(timeout=0.5)
         if self._engine is not None and loop_done:
             self._engine.close()
 
     # -- frames in -------------------------------------------------------------------------
     def _on_frame(self, header: FrameHeader, pixels: Any, recv: float, recv_wall: float) -> None:
+        self.submit_frame(header.id, pixels, recv, recv_wall, header.t)
+
+    def submit_frame(self, frame_id: int, pixels: Any, recv: float, recv_wall: float, t: float | None = None) -> None:
+        """Every frame source (ZeroMQ, Spout) lands here: one buffer, one set of counters."""
         if self._paused:
             self.stats.add_dropped(1)
             return
-        dropped = self.buffer.put(Pending(header.id, pixels, recv, recv_wall, header.t))
+        dropped = self.buffer.put(Pending(frame_id, pixels, recv, recv_wall, t))
         self.stats.add_dropped(dropped)
+
+    def _publish(self, fields: dict[str, Any], image: Any) -> None:
+        """Send one output to every enabled output; one failing output does not starve the others."""
+        for sink in self._sinks:
+            try:
+                sink(fields, image)
+            except Exception as exc:
+                self.report_error(f"publish failed: {exc}")
 
     def report_error(self, reason: str) -> None:
         """Count a malformed input and forward it as `/error` (rate-limited to ERRORS_PER_SECOND)."""

@@ -48,6 +48,9 @@ class ServeConfig:
     encoder_size: int = 512  # the encoder's view of the frame: 512 (the stock pipeline's) or 256
     batch_size: int | None = None  # None: the engine's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    spout_in: str | None = None  # Spout sender to receive from ("" = Spout's active sender); Windows
+    spout_out: str | None = None  # Spout sender name to send outputs under; Windows
+    no_zmq: bool = False  # True: no ZeroMQ sockets (frames only over Spout)
 
     def feedback_address(self) -> tuple[str, int] | None:
         if not self.feedback:
@@ -60,6 +63,7 @@ class ServeConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 _INT_KEYS = {"osc_port", "oscquery_port", "size", "encoder_size", "batch_size"}
+_BOOL_KEYS = {"no_zmq"}
 
 
 def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
@@ -70,6 +74,10 @@ def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
 
 
 def _check(key: str, value: Any, origin: str) -> Any:
+    if key in _BOOL_KEYS:
+        if not isinstance(value, bool):
+            raise NodeServerError(f"{origin}: {key} must be true or false, got {value!r}")
+        return value
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise NodeServerError(f"{origin}: {key} must be an integer, got {value!r}")
@@ -91,6 +99,11 @@ def _check(key: str, value: Any, origin: str) -> Any:
         return v
     if key == "feedback":
         parse_host_port(value, f"{origin}: feedback")
+    if key in ("spout_in", "spout_out"):
+        if len(value.encode()) > 255 or "\0" in value:
+            raise NodeServerError(f"{origin}: {key} must be a Spout sender name of at most 255 bytes, got {value!r}")
+        if key == "spout_out" and not value:
+            raise NodeServerError(f"{origin}: spout_out needs a sender name")
     return value
 
 
@@ -122,4 +135,17 @@ def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfi
     for key, value in flags.items():
         if value is not None and key in _FIELDS:
             values[key] = _check(key, value, "--" + key.replace("_", "-"))
-    return ServeConfig(**values)
+    config = ServeConfig(**values)
+    check_frame_paths(config)
+    return config
+
+
+def check_frame_paths(config: ServeConfig) -> None:
+    """Without ZeroMQ, Spout must bring frames in and take them out."""
+    if not config.no_zmq:
+        return
+    missing = [flag for flag, value in (("--spout-in NAME", config.spout_in), ("--spout-out NAME", config.spout_out))
+               if value is None]
+    if missing:
+        raise NodeServerError(f"--no-zmq turns ZeroMQ off, so frames need {' and '.join(missing)} "
+                              "(Spout) to come in and go out")

@@ -1,0 +1,95 @@
+"""Where the U-Net step's time goes: compile variants timed as CUDA-graph replays, plus the top
+kernels of one variant from the profiler. A development tool for `docs/BENCHMARKS.md`'s analysis.
+
+    python -m bench.profile_unet --batches 1,8 --variants default,cudnn,cl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from node_server.engine.denoiser import Denoiser
+from node_server.models import load_model
+
+
+def _graph_ms(fn, repeats: int = 50) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(repeats):
+        g.replay()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--variants", default="default,cudnn,cl")
+    ap.add_argument("--profile", default="", help="variant whose top kernels to print")
+    ap.add_argument("--cond-length", type=int, default=448)
+    args = ap.parse_args()
+    dtype = torch.bfloat16
+    bundle = load_model("synthetic:paper", device="cuda", dtype=dtype, progress=False)
+    unet, vae = bundle.unet, bundle.vae
+    den = Denoiser(unet, vae, (512, 512), dtype)
+    dim = unet.config.cross_attention_dim
+    flops = {}
+    for variant in args.variants.split(","):
+        torch.backends.cudnn.benchmark = variant in ("cudnn", "cl", "max")
+        if variant in ("cl", "max"):
+            unet.to(memory_format=torch.channels_last)
+        mode = "max-autotune-no-cudagraphs" if variant == "max" else None
+        torch._dynamo.reset()
+        step = torch.compile(den.unet_step, dynamic=False, mode=mode) if variant != "eager" else den.unet_step
+        for n in (int(b) for b in args.batches.split(",")):
+            g = torch.Generator(device="cuda").manual_seed(n)
+            c = vae.config.latent_channels
+            lat = torch.randn(n, c, 64, 64, device="cuda", dtype=dtype, generator=g)
+            src = torch.randn(n, c, 64, 64, device="cuda", dtype=dtype, generator=g)
+            emb = torch.randn(n, args.cond_length, dim, device="cuda", dtype=dtype, generator=g)
+            mask = torch.ones(n, args.cond_length, device="cuda", dtype=torch.long)
+            mask[:, args.cond_length // 2:] = 0
+            tid = den.time_ids(n, torch.device("cuda"))
+            t = torch.tensor(1000.0, device="cuda")
+            dt = torch.tensor(-1.0, device="cuda")
+            t0 = time.perf_counter()
+            fn = lambda: step(lat, src, emb, mask, tid, t, dt)  # noqa: E731
+            ms = _graph_ms(fn)
+            print(json.dumps(dict(variant=variant, batch=n, unet_step_ms=round(ms, 3),
+                                  per_frame_ms=round(ms / n, 3), setup_s=round(time.perf_counter() - t0, 1))),
+                  flush=True)
+            if variant == args.profile and n == 1:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(10):
+                        fn()
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70),
+                      flush=True)
+                if not flops:
+                    from torch.utils.flop_counter import FlopCounterMode
+
+                    with FlopCounterMode(display=False) as counter:
+                        den.unet_step(lat, src, emb, mask, tid, t, dt)
+                    flops["gflop_per_step_b1"] = counter.get_total_flops() / 1e9
+                    print(json.dumps(flops), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The embedded demo model (docs/DEMO_MODEL.md): it ships in the package, loads with the server's
+loader, and each style's prompt gives that style's classical operation on photos it never saw in
+training; a prompt switch over OSC on a running server changes what comes back; orientation is kept.
+
+Held-out photos are `tests/data/*.png` (skimage's coffee, rocket and camera at 256x256), so the
+tests need no scikit-image. Errors are mean absolute errors on a 0..1 scale; the thresholds come
+from the trained model's measured table in docs/DEMO_MODEL.md, with headroom for CPU/GPU numerics.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pythonosc import osc_message_builder
+
+from node_server.demo.evaluate import EVAL_SIZE, mae_table, render, stylize_all, to_float, to_uint8
+from node_server.demo.styles import DEMO_STRENGTH, STYLES, style
+from node_server.models.loader import DEFAULT_MODEL, DEMO_DIR, DEMO_SPEC
+
+DATA = Path(__file__).resolve().parent / "data"
+HELD_OUT = ("coffee", "rocket", "camera")
+
+# Largest accepted error of a style's output against its own target (see docs/DEMO_MODEL.md,
+# "Measured quality": the trained model's errors plus headroom).
+MAX_OWN_MAE = {
+    "pencil-sketch": 0.155, "sepia": 0.145, "blueprint": 0.12, "thermal": 0.14, "pixel-art": 0.19,
+    "invert": 0.185, "watercolor": 0.12, "neon": 0.165, "night-vision": 0.07, "emboss": 0.125,
+}
+# The own target must be clearly nearer than any other style's target: own <= RATIO * nearest other.
+MAX_RATIO = 0.8
+# Measured and documented (docs/DEMO_MODEL.md): the shipped model's pixel-art output is nearer the
+# sepia target than its own; strict, so this list must shrink when a retrained model fixes it.
+NOT_YET_DISTINCT = {"pixel-art"}
+
+
+def held_out() -> list[torch.Tensor]:
+    return [to_float(np.asarray(Image.open(DATA / f"{n}.png").convert("RGB"))) for n in HELD_OUT]
+
+
+@pytest.fixture(scope="module")
+def demo_bundle():
+    from node_server.models import load_model
+
+    start = time.perf_counter()
+    bundle = load_model(DEMO_SPEC, device="cpu", dtype=torch.float32, progress=False)
+    print(f"\ndemo model loaded in {time.perf_counter() - start:.2f} s")  # reported, not asserted
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def engine(demo_bundle):
+    from node_server.engine.engine import StreamEngine
+
+    with StreamEngine(demo_bundle, size=EVAL_SIZE) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def table(engine):
+    images = held_out()
+    t = mae_table(stylize_all(engine, images), images)
+    print("\n" + "\n".join(f"{k:14s} " + " ".join(f"{v:.3f}" for v in row.values()) for k, row in t.items()))
+    return t
+
+
+def test_demo_model_is_the_default_and_ships_small_in_the_package(demo_bundle):
+    assert DEFAULT_MODEL == DEMO_SPEC == "demo"
+    assert demo_bundle.name == "demo" and demo_bundle.family == "dreamlite"
+    files = [p for p in DEMO_DIR.rglob("*") if p.is_file()]
+    sizes = {p.name: p.stat().st_size for p in files}
+    assert {"model_index.json", "training.json"} <= set(sizes)
+    assert max(sizes.values()) < 15_000_000 and sum(sizes.values()) <= 25_000_000
+    # the same real architecture as DreamLite-mobile: vision-aware Qwen3-VL, DreamLite U-Net, tiny VAE
+    assert type(demo_bundle.text_encoder).__name__ == "Qwen3VLForConditionalGeneration"
+    assert demo_bundle.text_encoder.config.vision_config.depth >= 1
+    assert type(demo_bundle.unet).__name__ == "DreamLiteUNetModel"
+    assert type(demo_bundle.vae).__name__ == "AutoencoderTiny"
+
+
+def test_the_folder_path_loads_the_same_weights(demo_bundle):
+    from node_server.models import load_model
+
+    by_path = load_model(str(DEMO_DIR), device="cpu", dtype=torch.float32, progress=False)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(demo_bundle, name).state_dict(), getattr(by_path, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_style_targets_are_far_apart_on_the_held_out_photos():
+    """The test below can only tell styles apart if their classical targets differ."""
+    images = torch.stack(held_out())
+    targets = [s.apply(images) for s in STYLES]
+    for i, a in enumerate(targets):
+        for j, b in enumerate(targets[:i]):
+            assert (a - b).abs().mean().item() > 0.07, (STYLES[i].name, STYLES[j].name)
+
+
+def test_each_preset_names_a_style_prompt():
+    from node_server.control.presets import BUILTIN_DIR, PresetStore
+
+    store = PresetStore(BUILTIN_DIR, None)
+    for s in STYLES:
+        p = store.recall(s.name)
+        assert p["prompt"] == s.prompt == s.phrasings[0]
+        assert p["steps"] == 1 and p["strength"] == DEMO_STRENGTH
+
+
+@pytest.mark.parametrize("name", [s.name for s in STYLES])
+def test_style_output_is_near_its_classical_operation(table, name):
+    own = table[name][name]
+    assert own < MAX_OWN_MAE[name], f"{name}: MAE {own:.3f} against its target"
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(s.name, marks=pytest.mark.xfail(strict=True, reason="documented: not yet distinct"))
+    if s.name in NOT_YET_DISTINCT else s.name for s in STYLES
+])
+def test_style_output_is_clearly_nearer_its_own_target_than_any_other(table, name):
+    row = table[name]
+    own = row[name]
+    nearest, other = min(((k, v) for k, v in row.items() if k != name), key=lambda kv: kv[1])
+    assert own < MAX_RATIO * other, f"{name}: MAE {own:.3f}, but {nearest}'s target is at {other:.3f}"
+
+
+def test_at_least_eight_styles_are_told_apart():
+    assert len(STYLES) - len(NOT_YET_DISTINCT) >= 8
+
+
+def test_an_asymmetric_input_keeps_its_asymmetry_on_the_same_side(engine):
+    """A bright square top-left on a dark textured ground: the output's bright corner is top-left
+    too, and each output is nearer its target than the target's mirror images."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((EVAL_SIZE, EVAL_SIZE, 3)) * 60 + 30).astype(np.uint8)
+    img[20:110, 24:100] = (235, 220, 200)
+    for name in ("sepia", "thermal", "invert"):
+        out = render(engine, img, style(name).prompt).astype(np.float32).mean(axis=2)
+        h = EVAL_SIZE // 2
+        quads = {"tl": out[:h, :h], "tr": out[:h, h:], "bl": out[h:, :h], "br": out[h:, h:]}
+        means = {k: float(v.mean()) for k, v in quads.items()}
+        extreme = max(means, key=means.get) if name != "invert" else min(means, key=means.get)
+        assert extreme == "tl", (name, means)
+    for name in ("sepia", "thermal"):
+        photo = held_out()[2]  # camera: the man stands left of centre
+        target = style(name).apply(photo.unsqueeze(0))[0]
+        out = to_float(render(engine, to_uint8(photo), style(name).prompt))
+        mae = (out - target).abs().mean().item()
+        assert mae < (out - target.flip(-1)).abs().mean().item()
+        assert mae < (out - target.flip(-2)).abs().mean().item()
+
+
+# -- a running server, prompt switched over OSC -------------------------------------------------
+
+
+def _osc(port: int, address: str, *args) -> None:
+    b = osc_message_builder.OscMessageBuilder(address=address)
+    for a in args:
+        b.add_arg(a)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b.build().dgram, ("127.0.0.1", port))
+
+
+def test_prompt_switch_over_osc_changes_the_style_of_the_frames_within_a_few_frames(tmp_path, demo_bundle):
+    from bridges.zmq_client import ZmqClient
+    from node_server.engine.engine import StreamEngine
+    from node_server.server.app import ServerApp
+    from node_server.server.config import ServeConfig
+
+    cfg = ServeConfig(model="demo", zmq_in="tcp://127.0.0.1:0", zmq_out="tcp://127.0.0.1:0", osc_port=0,
+                      oscquery_port=0, presets_dir=str(tmp_path), size=EVAL_SIZE, device="cpu", preset="invert")
+    app = ServerApp(cfg, engine_factory=lambda app, params: StreamEngine(demo_bundle, params, size=EVAL_SIZE),
+                    out=io.StringIO(), progress=False)
+    photo = held_out()[0]
+    frame = to_uint8(photo)
+    targets = {n: style(n).apply(photo.unsqueeze(0))[0] for n in ("invert", "thermal")}
+
+    def nearer(image: np.ndarray) -> str:
+        x = to_float(image)
+        return min(targets, key=lambda n: (x - targets[n]).abs().mean().item())
+
+    app.open()
+    try:
+        app.load()
+        client = ZmqClient(app.zmq.in_endpoint, app.zmq.out_endpoint)
+        assert client.wait_connected(5.0)
+        try:
+            def one(i: int) -> np.ndarray:
+                assert client.send(frame, id=i) == i
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    got = client.recv(timeout=0.5)
+                    if got is not None and got[0]["id"] == i:
+                        return got[1]
+                raise AssertionError(f"frame {i} did not come back")
+
+            before = [nearer(one(i)) for i in range(3)]
+            assert before == ["invert"] * 3
+            _osc(app.control.port, "/preset", "thermal")
+            after = [nearer(one(i)) for i in range(3, 3 + 8)]
+        finally:
+            client.close()
+    finally:
+        app.close()
+    assert "thermal" in after[:5], after  # the new style shows within a few frames ...
+    first = after.index("thermal")
+    assert after[first:] == ["thermal"] * (len(after) - first)  # ... and stays

@@ -1,0 +1,80 @@
+"""What the demo model's training relies on (tools/train_demo_model.py): it conditions through the
+engine's own encoder with gradients, a shorter padded prompt gives the U-Net the same result as the
+engine's longer one, the data is reproducible from the seed and never includes held-out photos, and
+the style operations are deterministic images in range."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from node_server.demo import data
+from node_server.demo.model import build_demo
+from node_server.demo.styles import STYLES, apply_styles
+from node_server.engine.encoder import PromptEncoder
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    return build_demo(seed=0)
+
+
+def test_padding_length_does_not_change_what_the_unet_computes(untrained):
+    frames = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    outs = []
+    with torch.no_grad():
+        for length in (32, 192):  # training pads to 32 tokens, the engine to 192
+            enc = PromptEncoder(untrained, torch.device("cpu"), torch.float32, image_size=64, max_prompt_tokens=length)
+            embeds, mask = enc.encode(enc.tokenize("sepia tone"), frames)
+            latents = torch.randn(1, 8, 8, 16, generator=torch.Generator().manual_seed(2))
+            outs.append(untrained.unet(latents, timestep=torch.tensor([1000.0]), encoder_hidden_states=embeds,
+                                       encoder_attention_mask=mask, return_dict=False)[0])
+    assert outs[0].abs().mean() > 0
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_the_engines_encode_trains_the_encoder(untrained):
+    enc = PromptEncoder(untrained, torch.device("cpu"), torch.float32, image_size=64, max_prompt_tokens=32)
+    te = untrained.text_encoder
+    te.requires_grad_(True)
+    try:
+        embeds, _ = PromptEncoder.encode.__wrapped__(enc, enc.tokenize("neon"), torch.rand(2, 3, 64, 64))
+        embeds.pow(2).sum().backward()
+        grads = [p.grad for p in te.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+        vision = [p.grad for n, p in te.named_parameters() if "visual" in n and p.grad is not None]
+        assert vision and any(g.abs().sum() > 0 for g in vision)  # the frame reaches the conditioning
+    finally:
+        te.zero_grad(set_to_none=True)
+        te.requires_grad_(False)
+
+
+def test_procedural_batches_repeat_from_the_seed_and_differ_between_seeds():
+    a = data.procedural(3, 64, torch.Generator().manual_seed(5))
+    b = data.procedural(3, 64, torch.Generator().manual_seed(5))
+    c = data.procedural(3, 64, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (3, 3, 64, 64) and 0 <= a.min() and a.max() <= 1 and a.std() > 0.05
+
+
+def test_held_out_photos_are_not_trained_on():
+    assert not set(data.HELD_OUT) & set(data.TRAIN_PHOTOS)
+
+
+def test_augmented_crops_are_in_range_and_vary():
+    bank = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x = data.colour_jitter(data.random_crops(bank, 4, 32, g), g)
+    assert x.shape == (4, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    assert (x[0] - x[1]).abs().mean() > 0.01
+
+
+def test_every_style_is_deterministic_in_range_and_changes_the_image():
+    x = data.procedural(2, 64, torch.Generator().manual_seed(3))
+    for k, s in enumerate(STYLES):
+        y = s.apply(x)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1, s.name
+        assert torch.equal(y, s.apply(x)), s.name
+        assert (y - x).abs().mean() > 0.02, s.name
+        grouped = apply_styles(x, torch.tensor([k, k]))
+        torch.testing.assert_close(grouped, y)

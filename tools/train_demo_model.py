@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Train the embedded demo model (docs/DEMO_MODEL.md) within a wall-clock budget.
+
+    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 7 --out OUT/demo_model
+
+Phases (fractions of the budget left after setup): the tiny autoencoder learns to reconstruct
+photos and their stylized versions; then the U-Net, the Qwen3-VL encoder and the autoencoder's
+decoder learn, through the engine's own conditioning (`PromptEncoder`) and latent layout
+([target | source] side by side), to turn a frame into the style its instruction names: a
+flow-matching loss at random sigma plus a pixel loss on the one-step result (sigma 1, the
+engine's default). Last, the folder is saved, loaded back with the server's loader and evaluated
+with `StreamEngine` on held-out photos (the table the tests' thresholds come from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from node_server.demo import data  # noqa: E402
+from node_server.demo.model import build_demo  # noqa: E402
+from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # noqa: E402
+from node_server.engine.encoder import PromptEncoder  # noqa: E402
+
+TRAIN_PROMPT_TOKENS = 32  # valid conditioning is the same at any padded length (padding is masked)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget for everything")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 32 on a GPU, 6 on the CPU)")
+    p.add_argument("--size", type=int, default=None, help="training crop size (default 256 on a GPU, 128 on the CPU)")
+    p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the training time for the autoencoder")
+    p.add_argument("--vae-steps", type=int, default=None, help="fixed autoencoder steps (overrides the time split)")
+    p.add_argument("--steps", type=int, default=None, help="fixed main-phase steps (overrides the time budget)")
+    p.add_argument("--log-every", type=int, default=50)
+    return p.parse_args(argv)
+
+
+def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between image gradients: keeps edges sharp (pencil, neon, comic and pixel art live there)."""
+    return ((a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])).abs().mean() + \
+           ((a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])).abs().mean()
+
+
+class Clock:
+    def __init__(self, minutes: float):
+        self.start = time.perf_counter()
+        self.budget = minutes * 60.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def lr_factor(progress: float, step: int, warmup: int = 50) -> float:
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_vae(vae, bank, args, gen, clock, until: float):
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    vae.train().requires_grad_(True)
+    step, t0, last = 0, clock.elapsed(), None
+    while True:
+        if args.vae_steps is not None:
+            if step >= args.vae_steps:
+                break
+            progress = step / max(1, args.vae_steps)
+        else:
+            if clock.elapsed() >= until:
+                break
+            progress = (clock.elapsed() - t0) / max(1e-6, until - t0)
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * lr_factor(progress, step)
+        x = data.training_batch(bank, args.batch, args.size, gen)
+        idx = torch.randint(len(STYLES), (args.batch,), generator=gen, device=x.device)
+        with torch.no_grad():
+            y = apply_styles(x, idx)
+        imgs = torch.cat([x, y]) * 2 - 1
+        z = vae.encode(imgs).latents
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, imgs) + 0.5 * grad_l1(rec, imgs) + 1e-3 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        last = loss.item()
+        if step % args.log_every == 0:
+            print(f"[vae] step {step} t={clock.elapsed():.0f}s loss {last:.4f} latent std {z.detach().std().item():.2f}", flush=True)
+        step += 1
+    print(f"[vae] done: {step} steps, final loss {last:.4f}", flush=True)
+    return step, last
+
+
+def apply_styles(x, idx):
+    from node_server.demo.styles import apply_styles as _apply
+
+    return _apply(x, idx)
+
+
+def train_main(bundle, bank, args, gen, clock, until: float, device):
+    unet, vae, te = bundle.unet, bundle.vae, bundle.text_encoder
+    vae.eval().requires_grad_(False)
+    vae.decoder.train().requires_grad_(True)
+    unet.train().requires_grad_(True)
+    te.train().requires_grad_(True)
+    encoders = {s: PromptEncoder(bundle, device, torch.float32, image_size=s, max_prompt_tokens=TRAIN_PROMPT_TOKENS)
+                for s in (256, 512)}
+    encode = PromptEncoder.encode.__wrapped__  # the engine's own encode, with gradients
+    tokens = {s: {} for s in encoders}
+    groups = [
+        {"params": unet.parameters(), "lr": 1e-3},
+        {"params": te.parameters(), "lr": 3e-4},
+        {"params": vae.decoder.parameters(), "lr": 3e-4},
+    ]
+    base = [g["lr"] for g in groups]
+    params = [p for m in (unet, te, vae.decoder) for p in m.parameters()]
+    from node_server.engine.engine import flow_schedule
+
+    latent = args.size // 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    schedules = [flow_schedule(bundle.scheduler, 1, s, (latent, latent)) for s in TRAIN_STRENGTHS]
+    sched_sigma = torch.tensor([s.sigmas[0] for s in schedules], device=device)
+    sched_t = torch.tensor([s.timesteps[0] for s in schedules], device=device)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    n_groups = 4 if args.batch >= 8 else 2
+    step, t0, losses = 0, clock.elapsed(), {}
+    rng = random.Random(args.seed + 7)
+    while True:
+        if args.steps is not None:
+            if step >= args.steps:
+                break
+            progress = step / max(1, args.steps)
+        else:
+            if clock.elapsed() >= until:
+                break
+            progress = (clock.elapsed() - t0) / max(1e-6, until - t0)
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * lr_factor(progress, step, warmup=100)
+        n = args.batch
+        x = data.training_batch(bank, n, args.size, gen)
+        chosen = rng.sample(range(len(STYLES)), n_groups)
+        per = [n // n_groups + (1 if k < n % n_groups else 0) for k in range(n_groups)]
+        idx = torch.cat([torch.full((c,), s, device=device, dtype=torch.long) for s, c in zip(chosen, per)])
+        with torch.no_grad():
+            y = apply_styles(x, idx)
+            src = vae.encode(x * 2 - 1).latents
+            zt = vae.encode(y * 2 - 1).latents
+        # conditioning: one instruction per group; the encoder sees the frame itself or (half the
+        # time) other frames, so a conditioning made from an earlier frame still works (on-change policy)
+        enc_size = 256 if rng.random() < 0.7 else 512
+        enc = encoders[enc_size]
+        embeds, masks, start = [], [], 0
+        for s, c in zip(chosen, per):
+            phrase = rng.choice(STYLES[s].phrasings)
+            tok = tokens[enc_size].get(phrase) or tokens[enc_size].setdefault(phrase, enc.tokenize(phrase))
+            frames = x[start : start + c]
+            if rng.random() < 0.5:
+                frames = x[torch.randint(n, (c,), generator=gen, device=device)]
+            e, m = encode(enc, tok, frames)
+            embeds.append(e)
+            masks.append(m)
+            start += c
+        embeds, mask = torch.cat(embeds), torch.cat(masks)
+        # The engine's own one-step edit at a strength near the demo default: start from the frame's
+        # latent mixed with noise (its `start_latents`), one Euler step to sigma 0 with the engine's
+        # schedule, and compare that result with the styled frame.
+        noise = torch.randn(zt.shape, generator=gen, device=device)
+        k = torch.randint(len(TRAIN_STRENGTHS), (n,), generator=gen, device=device)
+        sigma = sched_sigma[k].view(n, 1, 1, 1)
+        xt = (1 - sigma) * src + sigma * noise
+        w = xt.shape[-1]
+        v = unet(torch.cat([xt, src], dim=3), timestep=sched_t[k], encoder_hidden_states=embeds,
+                 encoder_attention_mask=mask, return_dict=False)[0][..., :w]
+        x0 = xt - sigma * v
+        loss_flow = F.mse_loss(x0, zt)
+        out = vae.decode(x0).sample
+        target = y * 2 - 1
+        loss_pix = F.l1_loss(out, target) + 0.5 * grad_l1(out, target)
+        rec = vae.decode(zt).sample
+        loss_rec = F.l1_loss(rec, target)
+        loss = loss_pix + 0.5 * loss_flow + 0.5 * loss_rec
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        for k, val in (("loss", loss), ("pix", loss_pix), ("flow", loss_flow), ("rec", loss_rec)):
+            val = val.item()
+            losses[k] = 0.9 * losses.get(k, val) + 0.1 * val
+        if step % args.log_every == 0:
+            print(f"[main] step {step} t={clock.elapsed():.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                  flush=True)
+        step += 1
+    print(f"[main] done: {step} steps, final (smoothed) " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+          flush=True)
+    for m in (unet, te, vae):
+        m.eval().requires_grad_(False)
+    return step, losses
+
+
+@torch.no_grad()
+def evaluate(folder: Path, device) -> dict:
+    """Load the saved folder with the server's loader and stylize the held-out photos with each
+    preset prompt through `StreamEngine` (256x256, 1 step, strength 1, seed 0)."""
+    from node_server.demo.evaluate import evaluate_folder
+
+    return evaluate_folder(folder, device=device, images=[data.square(data.load_photo(n), 256) for n in data.HELD_OUT])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    clock = Clock(args.minutes)
+    dev_name = args.device
+    if dev_name == "auto":
+        dev_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev_name)
+    gpu = device.type == "cuda"
+    args.batch = args.batch or (32 if gpu else 6)
+    args.size = args.size or (256 if gpu else 128)
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    print(f"demo model training: device {device} ({torch.cuda.get_device_name(device) if gpu else 'cpu'}), "
+          f"torch {torch.__version__}, budget {args.minutes} min, seed {args.seed}, batch {args.batch}, "
+          f"crop {args.size}", flush=True)
+
+    bank = data.photo_bank(device=device)
+    bundle = build_demo(args.seed, device=device)
+    counts = bundle.parameter_counts()
+    print(f"photos: {len(bank)} training ({', '.join(data.TRAIN_PHOTOS)}); held out: {', '.join(data.HELD_OUT)}", flush=True)
+    print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), flush=True)
+
+    reserve = max(25.0, 0.08 * clock.budget) if gpu else max(60.0, 0.1 * clock.budget)  # save + evaluation
+    train_time = clock.left() - reserve
+    vae_until = clock.elapsed() + args.vae_fraction * train_time
+    vae_steps, vae_loss = train_vae(bundle.vae, bank, args, gen, clock, vae_until)
+    main_steps, losses = train_main(bundle, bank, args, gen, clock, clock.budget - reserve, device)
+
+    out = Path(args.out)
+    from node_server.models.synthetic import save_bundle
+
+    bundle.to("cpu")
+    save_bundle(bundle, out)
+    meta = {
+        "command": "python tools/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed, "device": str(device), "batch": args.batch, "crop": args.size,
+        "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
+        "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
+        "train_seconds": round(clock.elapsed(), 1), "torch": torch.__version__,
+    }
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "node_server.json").write_text(json.dumps({"defaults": {"strength": DEMO_STRENGTH}}, indent=2) + "\n")
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    print(f"saved {out}: {sum(sizes.values()) / 1e6:.2f} MB in {len(sizes)} files, largest "
+          f"{max(sizes.values()) / 1e6:.2f} MB", flush=True)
+    report = evaluate(out, device)
+    meta["eval"] = report
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"total {clock.elapsed():.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -17,7 +17,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -254,17 +253,30 @@ def run_peers(args) -> list[dict]:
     return rows
 
 
+def _normalise(r: dict) -> dict:
+    """The peer harness names some fields differently (p50_ms, peak_mem_gib): one spelling, rounded."""
+    r = dict(r)
+    for ours, theirs in (("latency_p50_ms", "p50_ms"), ("latency_p95_ms", "p95_ms"), ("latency_p99_ms", "p99_ms"),
+                         ("peak_gib", "peak_mem_gib")):
+        if r.get(ours) is None and r.get(theirs) is not None:
+            r[ours] = r[theirs]
+    for k, v in list(r.items()):
+        if isinstance(v, float):
+            r[k] = round(v, 2)
+    return r
+
+
 def table(rows: list[dict]) -> str:
     head = ("| point | engine | compile | batch | fps | latency p50 / p95 / p99 ms | interval p50 / p99 ms "
             "| frames to new prompt (p50 / max) | encodes / batches | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
-    for r in rows:
+    for r in map(_normalise, rows):
         if "error" in r:
             lines.append(f"| {r.get('point')} | {r.get('engine')} | | {r.get('batch')} | error: {r['error'][:80]} | | | | | |")
             continue
         iv = (f"{r['interval_p50_ms']} / {r['interval_p99_ms']}" if "interval_p50_ms" in r else "")
         lag = (f"{r['frames_to_active_p50']} / {r['frames_to_active_max']}" if "frames_to_active_p50" in r else "")
-        enc = f"{r.get('encodes', '')} / {r.get('batches', '')}" if "encodes" in r else ""
+        enc = f"{r['encodes']} / {r['batches']}" if "encodes" in r and "batches" in r else ""
         lines.append(
             f"| {r['point']} | {r['engine']} | {r.get('compile', '')} | {r['batch']} | {r['fps']} "
             f"| {r.get('latency_p50_ms')} / {r.get('latency_p95_ms')} / {r.get('latency_p99_ms')} | {iv} | {lag} "
@@ -283,7 +295,19 @@ def breakdown_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def markdown(meta: dict, rows: list[dict]) -> str:
+    return (f"### {meta['gpu']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}\n\n"
+            f"`{meta['command']}`\n\n" + table(rows) + "\nPer-component device time, ms per batch "
+            "(each piece replayed as its own CUDA graph; encoder compiled, timed eagerly with events):\n\n"
+            + breakdown_table(rows))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--render"]:  # re-print the tables of a saved run
+        saved = json.loads(Path(argv[1]).read_text())
+        print(markdown(saved["meta"], saved["rows"]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="synthetic:paper")
     ap.add_argument("--frames", type=int, default=480)
@@ -305,7 +329,7 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     meta = dict(gpu=torch.cuda.get_device_name() if args.device == "cuda" else "cpu", date=_dt.date.today().isoformat(), commit=args.commit,
-                torch=torch.__version__, command="python -m bench.run " + " ".join(argv or sys.argv[1:]))
+                torch=torch.__version__, command="python -m bench.run " + " ".join(argv))
     print(json.dumps(meta), flush=True)
     rows = run_dreamlite(args) if args.points else []
     if args.peers:
@@ -314,9 +338,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stamp = f"{meta['date']}-{meta['gpu'].replace(' ', '_')}-{args.commit}"
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = (f"### {meta['gpu']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}\n\n"
-          f"`{meta['command']}`\n\n" + table(rows) + "\nPer-component device time, ms per batch "
-          "(each piece replayed as its own CUDA graph; encoder compiled, timed eagerly with events):\n\n" + breakdown_table(rows))
+    md = markdown(meta, rows)
     (out / f"{stamp}.md").write_text(md)
     print(md, flush=True)
     return 0

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import ast
 import io
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pythonosc import osc_message_builder
 
 from node_server.engine.engine import FrameOut
 from node_server.engine.params import Params

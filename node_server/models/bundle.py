@@ -12,25 +12,15 @@ from typing import Any
 import torch
 
 
-@dataclass
-class DreamLiteBundle:
-    """Text/vision encoder, tokenizer, image-processor settings, U-Net, tiny VAE and scheduler."""
-
-    name: str
-    text_encoder: Any  # transformers Qwen3VLForConditionalGeneration
-    tokenizer: Any  # transformers Qwen2Tokenizer (fast)
-    image_processor: dict  # patch_size, temporal_patch_size, merge_size, image_mean, image_std (+ size)
-    unet: Any  # diffusers DreamLiteUNetModel
-    vae: Any  # diffusers AutoencoderTiny
-    scheduler: Any  # diffusers FlowMatchEulerDiscreteScheduler
-    defaults: dict = field(default_factory=dict)  # the model's own parameter defaults (node_server.json)
-    family: str = field(default="dreamlite", init=False)
+class ModelBundle:
+    """What every model family's bundle shares: moving its torch modules, and reading their device,
+    dtype and size. Subclasses are dataclasses with `text_encoder`, `unet` and `vae` fields."""
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The three torch modules by component name (what `.to()` moves)."""
         return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DreamLiteBundle":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ModelBundle":
         """Move and/or cast the torch modules in place; returns self so calls can be chained."""
         from diffusers.utils import logging as diffusers_logging
 
@@ -58,3 +48,18 @@ class DreamLiteBundle:
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per module (tied weights counted once), for reports and tests."""
         return {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules().items()}
+
+
+@dataclass
+class DreamLiteBundle(ModelBundle):
+    """Text/vision encoder, tokenizer, image-processor settings, U-Net, tiny VAE and scheduler."""
+
+    name: str
+    text_encoder: Any  # transformers Qwen3VLForConditionalGeneration
+    tokenizer: Any  # transformers Qwen2Tokenizer (fast)
+    image_processor: dict  # patch_size, temporal_patch_size, merge_size, image_mean, image_std (+ size)
+    unet: Any  # diffusers DreamLiteUNetModel
+    vae: Any  # diffusers AutoencoderTiny
+    scheduler: Any  # diffusers FlowMatchEulerDiscreteScheduler
+    defaults: dict = field(default_factory=dict)  # the model's own parameter defaults (node_server.json)
+    family: str = field(default="dreamlite", init=False)

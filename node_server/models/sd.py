@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..progress import step
+from .bundle import ModelBundle
 
 SD_SYNTHETIC_SIZES = ("sd-turbo-tiny", "sd-turbo", "sd-turbo-kl")
 SD_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
@@ -60,7 +61,7 @@ SD_TURBO_SCHEDULER = {
 
 
 @dataclass
-class SDBundle:
+class SDBundle(ModelBundle):
     """CLIP text encoder, tokenizer, U-Net, VAE (KL or tiny) and scheduler of an SD-class model."""
 
     name: str
@@ -71,37 +72,9 @@ class SDBundle:
     scheduler: Any  # a diffusers scheduler (Euler-style or LCM)
     family: str = field(default="sd", init=False)
 
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "SDBundle":
-        from diffusers.utils import logging as diffusers_logging
-
-        previous = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()
-        try:
-            for module in self.modules().values():
-                current = next(module.parameters()).dtype
-                kwargs = {} if dtype is None or dtype == current else {"dtype": dtype}
-                module.to(device=device, **kwargs)
-        finally:
-            diffusers_logging.set_verbosity(previous)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     @property
     def vae_is_tiny(self) -> bool:
         return type(self.vae).__name__ == "AutoencoderTiny"
-
-    def parameter_counts(self) -> dict[str, int]:
-        return {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules().items()}
 
 
 # -- tokenizer -------------------------------------------------------------------------------

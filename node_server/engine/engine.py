@@ -9,7 +9,6 @@ its own thread/stream; `step` only ever waits for it before the very first condi
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -19,6 +18,7 @@ import torch
 from ..errors import ParamError
 from ..progress import step as announce
 from .attention import use_aligned_heads
+from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
@@ -83,7 +83,7 @@ def flow_schedule(scheduler, steps: int, strength: float, latent_hw: tuple[int, 
     return Schedule(tuple(float(s) for s in sched.sigmas), tuple(float(t) for t in sched.timesteps))
 
 
-class StreamEngine:
+class StreamEngine(EngineBase):
     """Stylizes frames with a DreamLite-family bundle; see `docs/ARCHITECTURE.md`."""
 
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
@@ -135,11 +135,6 @@ class StreamEngine:
         self._apply(params)
 
     # -- parameters ------------------------------------------------------------------------
-    @property
-    def params(self) -> Params:
-        with self._lock:
-            return self._params
-
     def set_params(self, **changes) -> Params:
         """Validate and apply `changes` atomically (all or nothing); returns the new params.
 
@@ -194,15 +189,6 @@ class StreamEngine:
         cond = self._cond
         return None if cond is None else cond.prompt
 
-    @property
-    def encode_count(self) -> int:
-        return self.worker.encode_count
-
-    def pop_encoder_error(self) -> Optional[str]:
-        """A failed encode since the last call, as text (the previous conditioning stayed active)."""
-        err = self.worker.pop_error()
-        return None if err is None else f"conditioning encode failed: {type(err).__name__}: {err}"
-
     # -- the main loop's step --------------------------------------------------------------
     def _request_prompt(self, tokens, x: torch.Tensor, policy) -> None:
         """A prompt changed: show its cached conditioning, or encode it with the latest frame(s)."""
@@ -230,15 +216,6 @@ class StreamEngine:
             self.streams.keep_alive(cond.mask)
             self._cond = cond
         return self._cond
-
-    def _on_device(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """`value` (a CPU tensor made by the control side) on the device, copied on the main stream
-        only when it changed, so a parameter change never races the frame loop."""
-        cached = self._device_inputs.get(name)
-        if cached is None or cached[0] is not value:
-            cached = (value, value.to(self.device))
-            self._device_inputs[name] = cached
-        return cached[1]
 
     @staticmethod
     def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -291,26 +268,3 @@ class StreamEngine:
         if self.graphed is not None:
             return self.graphed.run(x, embeds, mask, noise, sigmas, timesteps)
         return self.denoiser.run(x, embeds, mask, noise, sigmas, timesteps)
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def warmup(self, progress: bool = True) -> float:
-        """Run the first conditioning and one batch so the first live frame is not slow."""
-        start = time.perf_counter()
-        announce("warming up: first conditioning and one batch...", enabled=progress)
-        grey = np.full((*self.size, 3), 128, np.uint8)
-        n = self.params.batch_size
-        self.step([grey] * n, list(range(-n, 0)))
-        elapsed = time.perf_counter() - start
-        announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)
-        return elapsed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.worker.close()
-
-    def __enter__(self) -> "StreamEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -26,7 +26,6 @@ and returns its own frames; with 1 step the two are the same.
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -36,6 +35,7 @@ import torch
 
 from ..errors import ParamError
 from ..progress import step as announce
+from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .engine import FrameOut
 from .frames import check_size, to_device_batch, to_uint8_hwc
@@ -206,7 +206,7 @@ class SDDenoiser:
         return self.decode_uint8(done)
 
 
-class SDStreamEngine:
+class SDStreamEngine(EngineBase):
     """Stylizes frames with an `SDBundle`; see the module docstring and docs/SD_MODELS.md."""
 
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
@@ -264,7 +264,7 @@ class SDStreamEngine:
         self._blend_applied = None
         self._embeds: Optional[torch.Tensor] = None  # fixed-address [rows, 77, D]
         self._embeds_key = None
-        self._dev: dict[str, tuple[object, torch.Tensor]] = {}
+        self._device_inputs: dict[str, tuple[object, torch.Tensor]] = {}
         self._inflight: Optional[torch.Tensor] = None
         self._inflight_meta: list[list] = []  # per stage 1..k-1: [(id, prompt) or None] * B
         self._stream_key = None
@@ -284,11 +284,6 @@ class SDStreamEngine:
         return _quiet_from_config(getattr(diffusers, names[choice]), scheduler.config)
 
     # -- parameters ------------------------------------------------------------------------
-    @property
-    def params(self) -> Params:
-        with self._lock:
-            return self._params
-
     def set_params(self, **changes) -> Params:
         """Validate and apply atomically. A new prompt set is tokenised here, once, and its encode
         starts at once on the worker (the frame is not needed); weights alone never re-encode."""
@@ -372,23 +367,7 @@ class SDStreamEngine:
         total = sum(weights)
         return " + ".join(f"{w / total:.2f}*{p}" for p, w in zip(prompts, weights))
 
-    @property
-    def encode_count(self) -> int:
-        return self.worker.encode_count
-
-    def pop_encoder_error(self) -> Optional[str]:
-        err = self.worker.pop_error()
-        return None if err is None else f"conditioning encode failed: {type(err).__name__}: {err}"
-
     # -- the main loop's step --------------------------------------------------------------
-    def _on_device(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """A CPU tensor made by the control side, copied to the device only when it changed."""
-        cached = self._dev.get(name)
-        if cached is None or cached[0] is not value:
-            cached = (value, value.to(self.device, non_blocking=False))
-            self._dev[name] = cached
-        return cached[1]
-
     def _conditioning(self, rows: int) -> torch.Tensor:
         """The fixed-address [rows, 77, D] conditioning, rewritten only when the published
         conditioning or the blend weights changed."""
@@ -465,10 +444,10 @@ class SDStreamEngine:
 
     def _guidance(self, params: Params) -> torch.Tensor:
         g = float(params.guidance) if params.cfg == "self" else 1.0
-        cached = self._dev.get("guidance")
+        cached = self._device_inputs.get("guidance")
         if cached is None or cached[0] != g:
-            self._dev["guidance"] = (g, torch.tensor(g, dtype=torch.float32, device=self.device))
-        return self._dev["guidance"][1]
+            self._device_inputs["guidance"] = (g, torch.tensor(g, dtype=torch.float32, device=self.device))
+        return self._device_inputs["guidance"][1]
 
     def _step_stream(self, x: torch.Tensor, ids: list, params: Params, schedule: SDSchedule) -> list[FrameOut]:
         b = params.batch_size
@@ -519,29 +498,11 @@ class SDStreamEngine:
         return outs
 
     # -- lifecycle -------------------------------------------------------------------------
-    def warmup(self, progress: bool = True) -> float:
-        start = time.perf_counter()
-        announce("warming up: first conditioning and one batch...", enabled=progress)
-        grey = np.full((*self.size, 3), 128, np.uint8)
-        n = self.params.batch_size
-        self.step([grey] * n, list(range(-n, 0)))
+    def _after_warmup(self) -> None:
+        """The warm-up batch must not stay in the stream-batch pipeline."""
         if self.stream_batch:
             self.flush()
             self._stream_key = None
-        elapsed = time.perf_counter() - start
-        announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)
-        return elapsed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.worker.close()
-
-    def __enter__(self) -> "SDStreamEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _SDGraphs:

@@ -1,0 +1,69 @@
+"""What every engine family shares: parameter reads, encoder status, device copies of control-side
+tensors, warm-up and lifecycle. `StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so
+the server and `render` see one interface whatever the model.
+
+A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
+`_device_inputs` (a dict) and `step`, and may override `_after_warmup`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..progress import step as announce
+from .params import Params
+
+
+class EngineBase:
+    @property
+    def params(self) -> Params:
+        with self._lock:
+            return self._params
+
+    @property
+    def encode_count(self) -> int:
+        return self.worker.encode_count
+
+    def pop_encoder_error(self) -> Optional[str]:
+        """A failed encode since the last call, as text (the previous conditioning stayed active)."""
+        err = self.worker.pop_error()
+        return None if err is None else f"conditioning encode failed: {type(err).__name__}: {err}"
+
+    def _on_device(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """`value` (a CPU tensor made by the control side) on the device, copied on the main stream
+        only when it changed, so a parameter change never races the frame loop."""
+        cached = self._device_inputs.get(name)
+        if cached is None or cached[0] is not value:
+            cached = (value, value.to(self.device))
+            self._device_inputs[name] = cached
+        return cached[1]
+
+    def warmup(self, progress: bool = True) -> float:
+        """Run the first conditioning and one batch so the first live frame is not slow."""
+        start = time.perf_counter()
+        announce("warming up: first conditioning and one batch...", enabled=progress)
+        grey = np.full((*self.size, 3), 128, np.uint8)
+        n = self.params.batch_size
+        self.step([grey] * n, list(range(-n, 0)))
+        self._after_warmup()
+        elapsed = time.perf_counter() - start
+        announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)
+        return elapsed
+
+    def _after_warmup(self) -> None:
+        """Hook: drop state the warm-up batch left behind (nothing by default)."""
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.worker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -70,3 +70,37 @@ class FakeTarget:
                 state="paused" if self.paused else "running",
                 prompt=self.active_prompt,
             )
+
+
+class TransformEngine:
+    """A deterministic fake engine for bridge and kit tests: each output is `self.transform(frame)`;
+    the frames it saw are kept in `seen`. Subclasses define `transform`."""
+
+    def __init__(self):
+        from node_server.engine.params import Params
+
+        self.params = Params()
+        self.active_prompt = ""
+        self.seen: list = []
+
+    def transform(self, frame):
+        raise NotImplementedError
+
+    def set_params(self, **changes):
+        self.params = self.params.replace(**changes)
+        return self.params
+
+    def warmup(self, progress=True):
+        return 0.0
+
+    def step(self, frames, ids):
+        from node_server.engine.engine import FrameOut
+
+        outs = []
+        for frame, i in zip(frames, ids):
+            self.seen.append(frame.copy())
+            outs.append(FrameOut(i, self.transform(frame), self.params.prompt))
+        return outs
+
+    def close(self):
+        pass

@@ -17,43 +17,23 @@ import pytest
 from bridges.spout import SPOUT_ID_BASE
 from bridges.zmq_client import ZmqClient
 from node_server.cli import main
-from node_server.engine.engine import FrameOut
-from node_server.engine.params import Params
 from node_server.errors import NodeServerError
 from node_server.server.config import ServeConfig, load_config_file, resolve
 import spoutgl_standin as standin
+from fakes import TransformEngine
 from spoutgl_standin import DXGI_BGRA, world
 
 SIZE = 32
 
 
-class EchoEngine:
+class EchoEngine(TransformEngine):
     """Deterministic stand-in: the inverted input, nearest-resized to SIZE (orientation kept)."""
 
-    def __init__(self):
-        self.params = Params()
-        self.active_prompt = ""
-        self.seen: list[np.ndarray] = []
-
-    def set_params(self, **changes):
-        self.params = self.params.replace(**changes)
-        return self.params
-
-    def warmup(self, progress=True):
-        return 0.0
-
-    def step(self, frames, ids):
-        outs = []
-        for frame, i in zip(frames, ids):
-            self.seen.append(frame)
-            h, w = frame.shape[:2]
-            rows = np.arange(SIZE) * h // SIZE
-            cols = np.arange(SIZE) * w // SIZE
-            outs.append(FrameOut(i, 255 - frame[rows][:, cols, :3], self.params.prompt))
-        return outs
-
-    def close(self):
-        pass
+    def transform(self, frame):
+        h, w = frame.shape[:2]
+        rows = np.arange(SIZE) * h // SIZE
+        cols = np.arange(SIZE) * w // SIZE
+        return 255 - frame[rows][:, cols, :3]
 
 
 def _bgra(rgb: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node_server.engine.engine import FrameOut
 from node_server.engine.params import Params
 from node_server.server.config import ServeConfig
+from fakes import TransformEngine
 from td_fakes import InputTOP, ScriptTOP, load_kit_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,31 +21,12 @@ KIT = ROOT / "examples_td"
 SIZE = 64
 
 
-class FlipRevealingEngine:
+class FlipRevealingEngine(TransformEngine):
     """Deterministic: output = input nearest-resized to SIZE with the top half's red channel set
     to 255, so any row flip on either side of the wire changes the picture."""
 
-    def __init__(self):
-        self.params = Params()
-        self.active_prompt = ""
-        self.seen: list[np.ndarray] = []
-
-    def set_params(self, **changes):
-        self.params = self.params.replace(**changes)
-        return self.params
-
-    def warmup(self, progress=True):
-        return 0.0
-
-    def step(self, frames, ids):
-        outs = []
-        for frame, i in zip(frames, ids):
-            self.seen.append(frame.copy())
-            outs.append(FrameOut(i, expected_output(frame), self.params.prompt))
-        return outs
-
-    def close(self):
-        pass
+    def transform(self, frame):
+        return expected_output(frame)
 
 
 def expected_output(frame_top_left: np.ndarray) -> np.ndarray:

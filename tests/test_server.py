@@ -416,7 +416,13 @@ def test_encoder_failure_is_reported_and_frames_keep_flowing(live, monkeypatch):
         return real(tokens, frames)
 
     monkeypatch.setattr(engine.encoder, "encode", flaky)
-    before = app.status().prompt
+    # Start from a settled state: no encode left over from an earlier test, and frames made with
+    # the current prompt (otherwise "before" could still change under us).
+    deadline = time.monotonic() + 10
+    while engine.worker.busy or engine.active_prompt != engine.params.prompt:
+        assert time.monotonic() < deadline, "the engine did not settle"
+        _stream(client, 1, first_id=49_000)
+    before = engine.params.prompt
     osc.send("/prompt", "explode")
     deadline = time.monotonic() + 10
     while engine.worker.failures == 0:

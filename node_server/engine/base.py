@@ -15,10 +15,23 @@ import numpy as np
 import torch
 
 from ..progress import step as announce
+from .frames import check_size
 from .params import Params
 
 
 class EngineBase:
+    def _place(self, bundle, size, device, dtype) -> None:
+        """Set `size`, `device`, `dtype`, `bundle`, `unet`, `vae`; moves the bundle when the device
+        or dtype asked for differs from where its weights are (default: where they are)."""
+        self.size = check_size(size)
+        first = next(bundle.unet.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if first.device != self.device or first.dtype != self.dtype:
+            bundle.to(self.device, self.dtype)
+        self.bundle = bundle
+        self.unet, self.vae = bundle.unet, bundle.vae
+
     @property
     def params(self) -> Params:
         with self._lock:

@@ -22,7 +22,7 @@ from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
-from .frames import check_size, to_device_batch, to_host_frames
+from .frames import to_device_batch, to_host_frames
 from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
 from .streams import Streams
@@ -94,14 +94,7 @@ class StreamEngine(EngineBase):
         `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs)."""
         if compile not in COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        self.size = check_size(size)
-        first = next(bundle.unet.parameters())
-        self.device = torch.device(device) if device is not None else first.device
-        self.dtype = dtype if dtype is not None else first.dtype
-        if first.device != self.device or first.dtype != self.dtype:
-            bundle.to(self.device, self.dtype)
-        self.bundle = bundle
-        self.unet, self.vae = bundle.unet, bundle.vae
+        self._place(bundle, size, device, dtype)
         self.streams = Streams(self.device)
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)

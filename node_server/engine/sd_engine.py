@@ -38,7 +38,7 @@ from ..progress import step as announce
 from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .engine import FrameOut
-from .frames import check_size, to_device_batch, to_uint8_hwc
+from .frames import to_device_batch, to_uint8_hwc
 from .params import Params
 from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key
 from .streams import Streams
@@ -217,14 +217,7 @@ class SDStreamEngine(EngineBase):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
         if compile not in SD_COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(SD_COMPILE_MODES)}, got {compile!r}")
-        self.size = check_size(size)
-        first = next(bundle.unet.parameters())
-        self.device = torch.device(device) if device is not None else first.device
-        self.dtype = dtype if dtype is not None else first.dtype
-        if first.device != self.device or first.dtype != self.dtype:
-            bundle.to(self.device, self.dtype)
-        self.bundle = bundle
-        self.unet, self.vae = bundle.unet, bundle.vae
+        self._place(bundle, size, device, dtype)
         self.scheduler = self._pick_scheduler(bundle.scheduler, scheduler)
         self.kind = _scheduler_kind(self.scheduler)
         self.num_inference_steps = int(num_inference_steps)

@@ -8,7 +8,10 @@ per-component breakdown replays each compiled piece as its own CUDA graph, timed
     python -m bench.run --model synthetic:paper --frames 480 --out bench/results --docs docs/BENCHMARKS.md
 
 Points (512x512, bf16, 1 step): P = batch 8, encoder on every batch; S = batch 8, encoder only on
-prompt change; I = batch 1, static prompt; C = point I with a new prompt every 100 ms.
+prompt change; I = batch 1, static prompt; C = point I with a new prompt every 100 ms; L = the
+paper's champion: point P with a temporal ControlNet-LLLite on the down blocks, its conditioning
+(optical flow + conditioning CNNs) refreshed every 8 batches (`--lllite FILE`, else a random
+adapter made with `synth_hooks`).
 """
 
 from __future__ import annotations
@@ -183,6 +186,8 @@ def run_dreamlite(args) -> list[dict]:
     clip = _clip(args.size)
     rows = []
     points = [p.strip() for p in args.points.split(",") if p.strip()]
+    champion = "L" in points
+    points = [p for p in points if p != "L"]
     for mode in args.compile.split(","):
         label = mode
         if mode.endswith("+cl"):  # channels-last U-Net and VAE (stays for the modes after it)
@@ -222,7 +227,51 @@ def run_dreamlite(args) -> list[dict]:
         del engine
         if cuda:
             torch.cuda.empty_cache()
+        if champion:
+            rows.append(run_champion(args, bundle, clip, dtype, mode, label))
     return rows
+
+
+def run_champion(args, bundle, clip, dtype, mode: str, label: str) -> dict:
+    """Point L: point P plus a temporal LLLite on the down blocks, refreshed every 8 batches."""
+    from node_server.models.lllite_file import read_lllite, synth_hooks
+
+    hooks = read_lllite(args.lllite, bundle.unet) if args.lllite else synth_hooks(bundle.unet, blocks="down")
+    batch = min(8, args.max_batch)
+    params = Params().replace(prompt=PROMPT, batch_size=batch, refresh="every-batch", lllite_refresh=8)
+    t = time.perf_counter()
+    engine = StreamEngine(bundle, params, size=args.size, device=args.device, dtype=dtype, compile=mode,
+                          encoder_image_size=args.encoder_size, progress=True, lllite=hooks,
+                          lllite_blocks="down", lllite_source="temporal")
+    engine.warmup(progress=True)
+    target = engine.encode_count + 3
+    while engine.encode_count < target and time.perf_counter() - t < 400:
+        engine.step(clip[:batch], list(range(batch)))
+    first_s = time.perf_counter() - t
+    runner = engine.lllite
+    refreshes0 = runner.refreshes
+    r = measure(engine, clip, batch=batch, frames=args.frames)
+    r.update(point="L", engine="dreamlite+lllite", compile=label, refresh="every-batch", steps=1,
+             encoder_size=args.encoder_size, first_step_s=round(first_s, 1), lllite_hooks=len(runner.lllite.modules),
+             lllite_refresh_every=8, lllite_refreshes=runner.refreshes - refreshes0)
+    if engine.device.type == "cuda" and runner.prev_in is not None:
+        from node_server.engine.frames import to_device_batch
+
+        x = to_device_batch(clip[:batch], engine.size, engine.device)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(3):
+            runner.lllite.write(runner._temporal(x, runner.prev_in, runner.prev_out))
+        a.record()
+        for _ in range(20):
+            runner.lllite.write(runner._temporal(x, runner.prev_in, runner.prev_out))
+        b.record()
+        b.synchronize()
+        r["lllite_refresh_ms"] = round(a.elapsed_time(b) / 20, 3)
+    print(json.dumps(r), flush=True)
+    engine.close()
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return r
 
 
 def run_peers(args) -> list[dict]:
@@ -314,6 +363,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--encoder-size", type=int, default=512)
     ap.add_argument("--points", default="I,C,S,P")
+    ap.add_argument("--lllite", default=None, help="adapter file for point L (default: a random one)")
     ap.add_argument("--max-batch", type=int, default=8, help="cap the batch of S and P (a harness check)")
     ap.add_argument("--compile", default="default", help="comma-separated engine compile modes to run")
     ap.add_argument("--peers", action="store_true", help="also run StreamDiffusion and our SD engine (race)")

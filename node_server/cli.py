@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("render", "stylize a video, an image or a folder of images offline"),
     "feed": ("feed", "push a video, image or folder to a running server and collect the output"),
     "synth-model": ("synth_model", "write a random-weight model folder (tiny or paper shapes)"),
+    "synth-lllite": ("synth_lllite", "write a random ControlNet-LLLite adapter file for a model"),
     "spout-list": ("spout_list", "list the Spout senders running on this machine (Windows)"),
 }
 

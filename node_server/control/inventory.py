@@ -367,7 +367,26 @@ def _check_choice(options: tuple[str, ...]) -> Callable[[str], str]:
 _check_seed_mode = _check_choice(("fixed", "per-frame"))
 _check_cfg = _check_choice(("none", "self"))
 
-CONTROLS = CONTROLS + _blend_controls()
+LLLITE_STRENGTH_MAX = 2.0  # engine/params.py LLLITE_STRENGTH_RANGE
+LLLITE_REFRESH_MAX = 1000  # engine/params.py LLLITE_REFRESH_RANGE
+
+
+def _lllite_controls() -> tuple[Control, ...]:
+    """ControlNet-LLLite (servers started with `--lllite FILE`; see docs/LLLITE.md)."""
+    return (
+        Control("/lllite/strength", "float", "f", "f, i", f"0..{LLLITE_STRENGTH_MAX:g}",
+                "Strength of the ControlNet-LLLite adapter (0 = off, 1 = as trained). Changes a value "
+                "the compiled graph reads; nothing re-compiles. Without `--lllite` the value is kept "
+                "but has no effect.",
+                default=1.0, param="lllite_strength", minimum=0.0, maximum=LLLITE_STRENGTH_MAX),
+        Control("/lllite/refresh", "int", "i", "i, f (whole numbers only)", f"1..{LLLITE_REFRESH_MAX}",
+                "Run the adapter's conditioning (its CNNs and, for the temporal adapter, the optical "
+                "flow) every N batches; in between the last conditioning stays. 1 = every batch.",
+                default=1, param="lllite_refresh", minimum=1, maximum=LLLITE_REFRESH_MAX),
+    )
+
+
+CONTROLS = CONTROLS + _blend_controls() + _lllite_controls()
 
 FEEDBACK: tuple[Reply, ...] = (
     Reply("/status/fps", "f", "Frames per second delivered over the last second."),

@@ -3,7 +3,9 @@ tensors, warm-up and lifecycle. `StreamEngine` (DreamLite) and `SDStreamEngine` 
 the server and `render` see one interface whatever the model.
 
 A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
-`_device_inputs` (a dict) and `step`, and may override `_after_warmup`.
+`_device_inputs` (a dict) and `step`, and may override `_after_warmup`. An engine started with a
+ControlNet-LLLite file calls `_attach_lllite` before its first step and brackets its denoiser
+with `self.lllite.before` / `.after` (`engine/lllite_runner.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from ..progress import step as announce
 from .frames import check_size
-from .params import Params
+from .params import BATCH_RANGE, Params
 
 
 class EngineBase:
@@ -31,6 +33,24 @@ class EngineBase:
             bundle.to(self.device, self.dtype)
         self.bundle = bundle
         self.unet, self.vae = bundle.unet, bundle.vae
+
+    lllite = None  # an LLLiteRunner when the engine was started with an adapter
+
+    def _attach_lllite(self, file, *, blocks=None, source: str = "temporal", edit_layout: bool,
+                       compiled: bool) -> None:
+        """Load a ControlNet-LLLite file (or already-read `HookWeights`) into the U-Net's module
+        tree, before anything is compiled or captured."""
+        if file is None:
+            return
+        from ..models.lllite_file import read_lllite
+        from .lllite import LLLite
+        from .lllite_runner import LLLiteRunner
+
+        hooks = list(file) if isinstance(file, (list, tuple)) else read_lllite(file, self.unet)
+        h, w = self.size
+        adapter = LLLite(self.unet, hooks, (h, 2 * w) if edit_layout else (h, w), max_rows=BATCH_RANGE[1],
+                         blocks=blocks)
+        self.lllite = LLLiteRunner(adapter, self.size, edit_layout=edit_layout, source=source, compile=compiled)
 
     @property
     def params(self) -> Params:
@@ -62,6 +82,9 @@ class EngineBase:
         grey = np.full((*self.size, 3), 128, np.uint8)
         n = self.params.batch_size
         self.step([grey] * n, list(range(-n, 0)))
+        if self.lllite is not None:
+            self.lllite.compile_ahead(n)
+            self.lllite.reset()  # the grey warm-up frame is not a frame the audience saw
         self._after_warmup()
         elapsed = time.perf_counter() - start
         announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)
@@ -74,6 +97,8 @@ class EngineBase:
         if not self._closed:
             self._closed = True
             self.worker.close()
+            if self.lllite is not None:
+                self.lllite.lllite.detach()  # the bundle's U-Net is as it was loaded
 
     def __enter__(self):
         return self

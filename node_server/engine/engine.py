@@ -89,9 +89,12 @@ class StreamEngine(EngineBase):
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
-                 compile: str = "auto", progress: bool = True):
+                 compile: str = "auto", progress: bool = True, lllite=None, lllite_blocks=None,
+                 lllite_source: str = "temporal"):
         """`compile`: `auto` (compiled CUDA graphs on a GPU, eager on the CPU), `off` (eager),
-        `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs)."""
+        `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs).
+        `lllite`: a ControlNet-LLLite `.safetensors` file (docs/LLLITE.md), hooked into the U-Net
+        on `lllite_blocks` (all, or a comma list of down, mid, up)."""
         if compile not in COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self._place(bundle, size, device, dtype)
@@ -105,6 +108,8 @@ class StreamEngine(EngineBase):
         if mode != "off" and self.device.type != "cuda":
             raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
         self.compile_mode = mode
+        self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
+                            compiled=mode in ("default", "max-autotune"))
         self.graphed = None if mode == "off" else GraphedDenoiser(
             self.denoiser, self.device, mode=mode, announce=lambda text: announce(text, enabled=progress))
         self._device_inputs: dict[str, tuple[object, object]] = {}  # name -> (host source, device copy)
@@ -248,7 +253,11 @@ class StreamEngine(EngineBase):
             if rows > n:
                 x = torch.cat([x, x[-1:].expand(rows - n, -1, -1, -1)], 0)
             embeds, mask = self._fit(cond.embeds, rows), self._fit(cond.mask, rows)
+            if self.lllite is not None:
+                self.lllite.before(x, params.lllite_strength, params.lllite_refresh)
             out = self.denoise(x, embeds, mask, schedule, noise)
+            if self.lllite is not None:
+                self.lllite.after(x, out, n)
             host = to_host_frames(out[:n], self.streams)
         return [FrameOut(int(i), host[k], cond.prompt) for k, i in enumerate(ids)]
 

@@ -118,6 +118,8 @@ BLEND_WEIGHT_RANGE = (0.0, 1.0)
 SEED_MODES = ("fixed", "per-frame")
 CFG_TYPES = ("none", "self")
 GUIDANCE_RANGE = (1.0, 5.0)
+LLLITE_STRENGTH_RANGE = (0.0, 2.0)
+LLLITE_REFRESH_RANGE = (1, 1000)
 
 
 def _weight(name: str, value: Any) -> float:
@@ -194,6 +196,8 @@ _CHECKS = {
     "seed_mode": _choice("seed_mode", SEED_MODES),
     "cfg": _choice("cfg", CFG_TYPES),
     "guidance": lambda v: _in_range("guidance", _as_float("guidance", v), *GUIDANCE_RANGE),
+    "lllite_strength": lambda v: _in_range("lllite_strength", _as_float("lllite_strength", v), *LLLITE_STRENGTH_RANGE),
+    "lllite_refresh": lambda v: _in_range("lllite_refresh", _as_int("lllite_refresh", v), *LLLITE_REFRESH_RANGE),
 }
 _CHECKS.update({key: _slot_check(key) for key in SLOT_KEYS})
 
@@ -226,6 +230,10 @@ class Params:
     seed_mode: str = "fixed"  # "fixed": one noise for every frame; "per-frame": new noise each frame
     cfg: str = "none"  # residual classifier-free guidance: "none" or "self" (SD-class engines)
     guidance: float = 1.2  # guidance scale when cfg is "self"
+    # ControlNet-LLLite (engines started with an adapter; see docs/LLLITE.md): the adapter's
+    # strength, and how often (every N batches) its conditioning CNNs run.
+    lllite_strength: float = 1.0
+    lllite_refresh: int = 1
 
     def replace(self, **changes: Any) -> "Params":
         """A copy with `changes` applied; all values are checked before any is applied.

@@ -213,7 +213,8 @@ class SDStreamEngine(EngineBase):
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  cache_size: int = 32, stream_batch: bool = False,
                  num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, t_index_list: Optional[Sequence[int]] = None,
-                 scheduler: Optional[str] = None, compile: str = "auto", progress: bool = True, **_ignored):
+                 scheduler: Optional[str] = None, compile: str = "auto", progress: bool = True,
+                 lllite=None, lllite_blocks=None, lllite_source: str = "temporal", **_ignored):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
         if compile not in SD_COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(SD_COMPILE_MODES)}, got {compile!r}")
@@ -240,6 +241,11 @@ class SDStreamEngine(EngineBase):
         if mode != "off" and self.device.type != "cuda":
             raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
         self.compile_mode = mode
+        if lllite is not None and self.stream_batch:
+            raise ParamError("lllite", "a ControlNet-LLLite adapter cannot run with stream batch (rows of "
+                             "different frames share one U-Net call); turn stream batch off")
+        self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=False,
+                            compiled=mode in ("default", "max-autotune"))
         self._graphs = _SDGraphs(self.den, self.device, mode, progress) if mode != "off" else None
 
         self._lock = threading.Lock()
@@ -428,10 +434,14 @@ class SDStreamEngine(EngineBase):
         t = self._on_device("t", schedule.timesteps)
         noise = self._noise(params, rows, k)
         guidance = self._guidance(params)
+        if self.lllite is not None:
+            self.lllite.before(x, params.lllite_strength, params.lllite_refresh)
         if self._graphs is not None:
             images = self._graphs.sequential(x, embeds, coef, t, noise, guidance)
         else:
             images = self.den.run_sequential(x, embeds, coef, t, noise, guidance)
+        if self.lllite is not None:
+            self.lllite.after(x, images, n)
         host = to_host_frames(images[:n], self.streams)
         return [FrameOut(int(i), host[j], prompt) for j, i in enumerate(ids)]
 

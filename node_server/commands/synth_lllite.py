@@ -1,0 +1,85 @@
+"""`node-server synth-lllite OUT.safetensors --model M [--blocks down]`: write a random ControlNet-LLLite adapter.
+
+The file has the kohya-ss format (docs/LLLITE.md) and hooks the default targets (self-attention
+q/k/v and cross-attention q) of the chosen blocks of the model's U-Net, so `render` and `serve`
+can run the adapter path and the benchmark can time it without a trained adapter. Only the U-Net's
+layout is read (on the meta device): a paper-size model costs no memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT.safetensors", help="file to write (replaced if it exists)")
+    parser.add_argument("--model", default="demo",
+                        help="the model it is for: demo (default), synthetic:tiny|paper|sd-turbo-tiny|sd-turbo|"
+                        "sd-turbo-kl, or a model folder")
+    parser.add_argument("--blocks", default="down,mid",
+                        help="U-Net parts to hook: all, or a comma list of down, mid, up (default down,mid, "
+                        "kohya's default)")
+    parser.add_argument("--cond-dim", type=int, default=32, help="conditioning embedding channels (default 32)")
+    parser.add_argument("--mlp-dim", type=int, default=64, help="adapter rank (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same file)")
+
+
+def unet_skeleton(spec: str):
+    """The model's U-Net on the meta device (its layout and config, no weights)."""
+    import torch
+
+    from ..models.loader import DEMO_DIR, DEMO_SPEC, SYNTHETIC_PREFIX
+    from ..models.sd import SD_SYNTHETIC_SIZES
+    from ..models.sd import unet_config as sd_unet_config
+    from ..models.synthetic import SYNTHETIC_SIZES
+    from ..models.synthetic import unet_config as dreamlite_unet_config
+
+    if spec.startswith(SYNTHETIC_PREFIX):
+        name = spec[len(SYNTHETIC_PREFIX):]
+        if name in SD_SYNTHETIC_SIZES:
+            cls, config = "UNet2DConditionModel", sd_unet_config(name)
+        elif name in SYNTHETIC_SIZES:
+            cls, config = "DreamLiteUNetModel", dreamlite_unet_config(name)
+        else:
+            raise ModelLoadError(f"unknown synthetic model {spec!r}")
+    else:
+        folder = DEMO_DIR if spec == DEMO_SPEC else Path(spec).expanduser()
+        file = folder / "unet" / "config.json"
+        if not file.is_file():
+            raise ModelLoadError(f"{str(folder)!r} has no unet/config.json; expected a model folder")
+        config = json.loads(file.read_text())
+        cls = config.get("_class_name", "")
+        if cls not in ("UNet2DConditionModel", "DreamLiteUNetModel"):
+            raise ModelLoadError(f"{file}: U-Net class {cls!r} is not supported (UNet2DConditionModel or "
+                                 "DreamLiteUNetModel)")
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+    import diffusers
+
+    with torch.device("meta"):
+        return getattr(diffusers, cls).from_config(config), cls
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.lllite_file import synth_hooks, write_lllite
+    from ..progress import step
+
+    if args.cond_dim < 2 or args.cond_dim % 2 or args.mlp_dim < 1:
+        raise ModelLoadError("--cond-dim must be an even number >= 2 and --mlp-dim at least 1")
+    unet, cls = unet_skeleton(args.model)
+    step(f"writing a random ControlNet-LLLite adapter for {args.model} ({args.blocks})...")
+    hooks = synth_hooks(unet, blocks=args.blocks, cond_dim=args.cond_dim, mlp_dim=args.mlp_dim, seed=args.seed,
+                        ldm_names=cls == "UNet2DConditionModel")
+    path = write_lllite(args.out, hooks, {"model": args.model, "blocks": args.blocks, "seed": args.seed,
+                                          "note": "random weights (node-server synth-lllite)"})
+    params = sum(t.numel() for h in hooks for t in h.tensors.values())
+    groups = {}
+    for h in hooks:
+        groups[h.group] = groups.get(h.group, 0) + 1
+    print(f"wrote {path.resolve()}: {len(hooks)} hooks ({', '.join(f'{g} {n}' for g, n in groups.items())}), "
+          f"{params:,} parameters")
+    print(f"use it with: --model {args.model} --lllite {path}")
+    return 0

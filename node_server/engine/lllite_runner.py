@@ -1,0 +1,127 @@
+"""When, and from which image, an engine refreshes its ControlNet-LLLite conditioning.
+
+The paper's third mechanism: the adapter's conditioning CNNs do not run every frame. They run on
+every N-th batch (`lllite_refresh`, OSC `/lllite/refresh`), and the embeddings they write stay in
+the U-Net's fixed buffers for the batches in between. The conditioning image is
+
+- `temporal` (the default): the previous stylized output warped toward each current frame by
+  optical flow from the current input frame to the previous one (`engine/flow.py`, on the GPU),
+  so the adapter pulls each frame toward what was just shown (temporal stability). The first
+  batch, with nothing shown yet, uses the frame itself.
+- `frame`: the current input frame (an adapter trained on the camera image).
+
+For an edit U-Net, whose input is target and source side by side, the conditioning image is laid
+out the same way: the conditioning image beside the source frame.
+
+Everything here runs on the main stream between frames: strength changes fill one device scalar,
+refreshes rewrite buffer contents, so the captured denoiser graph never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import ParamError
+from .lllite import LLLite
+
+SOURCES = ("temporal", "frame")
+
+
+def _flow_for(size: tuple[int, int]):
+    """`FlowWarp` with its defaults, with fewer pyramid levels (and less downsampling) where the
+    frame is too small for them (tests' 64x64 frames)."""
+    from .flow import FlowWarp
+
+    window, scale = 7, 4
+    if min(size) // scale < window or size[0] % scale or size[1] % scale:
+        scale = 1
+    levels, side = 1, min(size) // scale
+    while levels < 3 and (side + 1) // 2 >= window:
+        levels, side = levels + 1, (side + 1) // 2
+    return FlowWarp(size, scale=scale, levels=levels, window=window)
+
+
+class LLLiteRunner:
+    def __init__(self, lllite: LLLite, size: tuple[int, int], *, edit_layout: bool, source: str = "temporal",
+                 compile: bool = False):
+        if source not in SOURCES:
+            raise ParamError("lllite_source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+        self.lllite = lllite
+        self.size = size
+        self.edit_layout = edit_layout
+        self.source = source
+        self.flow = None
+        if source == "temporal":
+            self.flow = _flow_for(size).to(lllite.device)
+        self.prev_in: Optional[torch.Tensor] = None  # [1,3,H,W] float in [0,1], the last frame shown
+        self.prev_out: Optional[torch.Tensor] = None  # [1,3,H,W] float in [0,1], its stylized output
+        self.batches = 0
+        self.refreshes = 0
+        self._every = None
+        self._strength = None
+        self._temporal = self._temporal_embeddings
+        self._plain = self._plain_embeddings
+        if compile:
+            self._temporal = torch.compile(self._temporal_embeddings, fullgraph=True, dynamic=False)
+            self._plain = torch.compile(self._plain_embeddings, fullgraph=True, dynamic=False)
+
+    # -- the two conditioning images (pure functions of tensors; compiled on a GPU) ---------
+    def _layout(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        image = torch.cat([cond, x], dim=3) if self.edit_layout else cond
+        return image * 2 - 1
+
+    def _plain_embeddings(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.lllite.embeddings(self._layout(x, x))
+
+    def _temporal_embeddings(self, x: torch.Tensor, prev_in: torch.Tensor, prev_out: torch.Tensor) -> list[torch.Tensor]:
+        warped = self.flow(x.float(), prev_in, prev_out).to(x.dtype)
+        return self.lllite.embeddings(self._layout(warped, x))
+
+    # -- per batch -------------------------------------------------------------------------
+    def before(self, x: torch.Tensor, strength: float, every: int) -> None:
+        """Before the denoiser runs on `x` ([rows,3,H,W] in [0,1], on the device)."""
+        if strength != self._strength:
+            self.lllite.set_strength(strength)
+            self._strength = strength
+        if every != self._every:  # a new schedule starts with a refresh
+            self._every = every
+            self.batches = 0
+        if self.batches % every == 0:
+            if self.flow is not None and self.prev_in is not None:
+                embeddings = self._temporal(x, self.prev_in, self.prev_out)
+            else:
+                embeddings = self._plain(x)
+            self.lllite.write(embeddings)
+            self.refreshes += 1
+        self.batches += 1
+
+    def after(self, x: torch.Tensor, out: torch.Tensor, n: int) -> None:
+        """After the denoiser: keep the last real frame and its output ([rows,H,W,3] uint8) when the
+        next batch refreshes a temporal conditioning (a device-side copy of one frame)."""
+        if self.flow is None or self.batches % self._every != 0:
+            return
+        last_in = x[n - 1:n].float()
+        last_out = out[n - 1:n].permute(0, 3, 1, 2).float() / 255.0
+        if self.prev_in is None:
+            self.prev_in, self.prev_out = last_in.clone(), last_out.clone()
+        else:
+            self.prev_in.copy_(last_in)
+            self.prev_out.copy_(last_out)
+
+    def compile_ahead(self, rows: int) -> None:
+        """Compile both conditioning paths now (the warm-up), not on the first live refresh; a
+        compiled function is compiled on its first call, which would stall the show."""
+        if self._plain is self._plain_embeddings:
+            return  # eager: nothing to prepare
+        x = torch.zeros((rows, 3, *self.size), device=self.lllite.device)  # frames arrive as float32
+        self._plain(x)
+        if self.flow is not None:
+            one = torch.zeros((1, 3, *self.size), device=self.lllite.device)
+            self._temporal(x, one, one)
+
+    def reset(self) -> None:
+        """Forget the frames shown (e.g. after the warm-up batch)."""
+        self.prev_in = self.prev_out = None
+        self.batches = 0

@@ -273,3 +273,21 @@ def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle):
     for b, (eager, graphed) in enumerate(zip(results["off"], results["default"])):
         diff = np.abs(eager.astype(int) - graphed.astype(int))
         assert diff.mean() < 0.5 and diff.max() <= 8, f"batch {b}: mean {diff.mean():.3f} max {diff.max()}"
+
+
+def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compile(den):
+    """A compile on a live refresh stalls the show (seconds); the warm-up must have done them all."""
+    from node_server.engine.lllite_runner import LLLiteRunner
+
+    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, 2 * W), max_rows=4)
+    counter = CompileCounter()
+    runner = LLLiteRunner(adapter, (H, W), edit_layout=True, source="temporal", compile=counter)
+    runner.compile_ahead(2)
+    assert counter.frame_count == 2  # the first-batch path and the temporal path
+    for b in range(5):
+        x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(b))
+        out = (torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(10 + b)) * 255).to(torch.uint8)
+        runner.before(x, 1.0, 2)
+        runner.after(x, out, 2)
+    assert runner.refreshes == 3
+    assert counter.frame_count == 2, "a live refresh compiled again"

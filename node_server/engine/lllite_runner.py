@@ -45,7 +45,8 @@ def _flow_for(size: tuple[int, int]):
 
 class LLLiteRunner:
     def __init__(self, lllite: LLLite, size: tuple[int, int], *, edit_layout: bool, source: str = "temporal",
-                 compile: bool = False):
+                 compile=False):
+        """`compile`: False (eager), True (Inductor) or a `torch.compile` backend (tests)."""
         if source not in SOURCES:
             raise ParamError("lllite_source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
         self.lllite = lllite
@@ -63,9 +64,10 @@ class LLLiteRunner:
         self._strength = None
         self._temporal = self._temporal_embeddings
         self._plain = self._plain_embeddings
-        if compile:
-            self._temporal = torch.compile(self._temporal_embeddings, fullgraph=True, dynamic=False)
-            self._plain = torch.compile(self._plain_embeddings, fullgraph=True, dynamic=False)
+        if compile is not False:
+            backend = "inductor" if compile is True else compile
+            self._temporal = torch.compile(self._temporal_embeddings, fullgraph=True, dynamic=False, backend=backend)
+            self._plain = torch.compile(self._plain_embeddings, fullgraph=True, dynamic=False, backend=backend)
 
     # -- the two conditioning images (pure functions of tensors; compiled on a GPU) ---------
     def _layout(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -102,13 +104,14 @@ class LLLiteRunner:
         next batch refreshes a temporal conditioning (a device-side copy of one frame)."""
         if self.flow is None or self.batches % self._every != 0:
             return
-        last_in = x[n - 1:n].float()
-        last_out = out[n - 1:n].permute(0, 3, 1, 2).float() / 255.0
-        if self.prev_in is None:
-            self.prev_in, self.prev_out = last_in.clone(), last_out.clone()
-        else:
-            self.prev_in.copy_(last_in)
-            self.prev_out.copy_(last_out)
+        if self.prev_in is None:  # fixed, contiguous buffers: the compiled refresh sees one layout
+            self.prev_in, self.prev_out = self._frame_buffer(), self._frame_buffer()
+        self.prev_in.copy_(x[n - 1:n])
+        self.prev_out.copy_(out[n - 1:n].permute(0, 3, 1, 2))
+        self.prev_out.div_(255.0)
+
+    def _frame_buffer(self) -> torch.Tensor:
+        return torch.empty((1, 3, *self.size), device=self.lllite.device, dtype=torch.float32)
 
     def compile_ahead(self, rows: int) -> None:
         """Compile both conditioning paths now (the warm-up), not on the first live refresh; a
@@ -117,9 +120,8 @@ class LLLiteRunner:
             return  # eager: nothing to prepare
         x = torch.zeros((rows, 3, *self.size), device=self.lllite.device)  # frames arrive as float32
         self._plain(x)
-        if self.flow is not None:
-            one = torch.zeros((1, 3, *self.size), device=self.lllite.device)
-            self._temporal(x, one, one)
+        if self.flow is not None:  # two distinct tensors, as live (aliased inputs compile apart)
+            self._temporal(x, self._frame_buffer().zero_(), self._frame_buffer().zero_())
 
     def reset(self) -> None:
         """Forget the frames shown (e.g. after the warm-up batch)."""

@@ -285,7 +285,8 @@ def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compil
     runner.compile_ahead(2)
     assert counter.frame_count == 2  # the first-batch path and the temporal path
     for b in range(5):
-        x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(b))
+        # frames as the ingest makes them: an NHWC upload seen as NCHW (channels-last strides)
+        x = torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(b)).permute(0, 3, 1, 2)
         out = (torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(10 + b)) * 255).to(torch.uint8)
         runner.before(x, 1.0, 2)
         runner.after(x, out, 2)

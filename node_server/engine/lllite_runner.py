@@ -91,6 +91,7 @@ class LLLiteRunner:
             self._every = every
             self.batches = 0
         if self.batches % every == 0:
+            x = x.contiguous()  # one layout for the compiled refresh, whatever the ingest produced
             if self.flow is not None and self.prev_in is not None:
                 embeddings = self._temporal(x, self.prev_in, self.prev_out)
             else:

@@ -282,13 +282,35 @@ def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compil
     adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, 2 * W), max_rows=4)
     counter = CompileCounter()
     runner = LLLiteRunner(adapter, (H, W), edit_layout=True, source="temporal", compile=counter)
-    runner.compile_ahead(2)
+    with torch.enable_grad():  # the warm-up runs outside the engine step's no_grad
+        runner.compile_ahead(2)
     assert counter.frame_count == 2  # the first-batch path and the temporal path
     for b in range(5):
         # frames as the ingest makes them: an NHWC upload seen as NCHW (channels-last strides)
         x = torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(b)).permute(0, 3, 1, 2)
         out = (torch.rand(2, H, W, 3, generator=torch.Generator().manual_seed(10 + b)) * 255).to(torch.uint8)
-        runner.before(x, 1.0, 2)
-        runner.after(x, out, 2)
+        with torch.no_grad():  # as in the engine's step
+            runner.before(x, 1.0, 2)
+            runner.after(x, out, 2)
     assert runner.refreshes == 3
     assert counter.frame_count == 2, "a live refresh compiled again"
+
+
+def test_engine_warm_up_leaves_no_compile_for_live_refreshes(tiny_bundle):
+    """The same through the engine's own warm-up and steps (its ingest layout and grad mode)."""
+    from node_server.engine.engine import StreamEngine
+    from node_server.engine.lllite_runner import LLLiteRunner
+
+    bundle = copy.copy(tiny_bundle)
+    bundle.unet = copy.deepcopy(tiny_bundle.unet)
+    engine = StreamEngine(bundle, size=H, progress=False, lllite=synth_hooks(bundle.unet, blocks="down"))
+    engine.set_params(prompt="a cat", batch_size=2, lllite_refresh=2)
+    counter = CompileCounter()
+    engine.lllite = LLLiteRunner(engine.lllite.lllite, (H, W), edit_layout=True, compile=counter)
+    engine.warmup(progress=False)
+    compiled = counter.frame_count
+    for b in range(6):
+        engine.step(_engine_frames(2, seed=b), [2 * b, 2 * b + 1])
+    assert engine.lllite.refreshes >= 4
+    assert counter.frame_count == compiled, "a live refresh compiled again"
+    engine.close()

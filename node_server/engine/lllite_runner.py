@@ -82,6 +82,7 @@ class LLLiteRunner:
         return self.lllite.embeddings(self._layout(warped, x))
 
     # -- per batch -------------------------------------------------------------------------
+    @torch.no_grad()
     def before(self, x: torch.Tensor, strength: float, every: int) -> None:
         """Before the denoiser runs on `x` ([rows,3,H,W] in [0,1], on the device)."""
         if strength != self._strength:
@@ -114,6 +115,7 @@ class LLLiteRunner:
     def _frame_buffer(self) -> torch.Tensor:
         return torch.empty((1, 3, *self.size), device=self.lllite.device, dtype=torch.float32)
 
+    @torch.no_grad()  # as in `before` (the engine's step): grad mode is part of what a compile is for
     def compile_ahead(self, rows: int) -> None:
         """Compile both conditioning paths now (the warm-up), not on the first live refresh; a
         compiled function is compiled on its first call, which would stall the show."""

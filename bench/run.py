@@ -390,7 +390,8 @@ def main(argv=None) -> int:
         rows += run_peers(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = f"{meta['date']}-{meta['gpu'].replace(' ', '_')}-{args.commit}"
+    stamp = (f"{meta['date']}-{meta['gpu'].replace(' ', '_')}-{args.commit}-{args.points.replace(',', '')}"
+             f"-enc{args.encoder_size}")  # two runs of one commit must not overwrite each other
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = markdown(meta, rows)
     (out / f"{stamp}.md").write_text(md)

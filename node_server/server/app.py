@@ -7,6 +7,7 @@ warms it up (slow), then frames flow. `close()` ends every thread and socket wit
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -32,9 +33,12 @@ def default_engine_factory(app: "ServerApp", params: Params) -> Any:
     from ..engine.factory import build_engine
     from ..models import load_model
 
+    from ..commands.lllite_args import engine_options
+
     bundle = load_model(app.model, device=app.device, progress=app.progress)
     return build_engine(bundle, params, size=app.config.size, device=app.device,
-                        encoder_image_size=app.config.encoder_size)
+                        encoder_image_size=app.config.encoder_size,
+                        **engine_options(dataclasses.asdict(app.config)))
 
 
 class ServerApp:
@@ -63,6 +67,9 @@ class ServerApp:
         self._params = Params()
         if config.batch_size is not None:
             self._params = self._params.replace(batch_size=config.batch_size)
+        from ..commands.lllite_args import param_changes
+
+        self._params = self._params.replace(**param_changes(dataclasses.asdict(config)))
         self._engine: Any = None
         self._paused = False
         self._closed = False

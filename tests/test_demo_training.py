@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from node_server.demo import data
-from node_server.demo.model import build_demo
+from node_server.demo.model import FRAME_SIZE, HEAD_SIZE, LATENT_CHANNELS, build_demo, unet_config
 from node_server.demo.styles import STYLES, apply_styles
 from node_server.engine.encoder import PromptEncoder
 
@@ -26,7 +26,7 @@ def test_padding_length_does_not_change_what_the_unet_computes(untrained):
         for length in (32, 192):  # training pads to 32 tokens, the engine to 192
             enc = PromptEncoder(untrained, torch.device("cpu"), torch.float32, image_size=64, max_prompt_tokens=length)
             embeds, mask = enc.encode(enc.tokenize("sepia tone"), frames)
-            latents = torch.randn(1, 8, 8, 16, generator=torch.Generator().manual_seed(2))
+            latents = torch.randn(1, LATENT_CHANNELS, 8, 16, generator=torch.Generator().manual_seed(2))
             outs.append(untrained.unet(latents, timestep=torch.tensor([1000.0]), encoder_hidden_states=embeds,
                                        encoder_attention_mask=mask, return_dict=False)[0])
     assert outs[0].abs().mean() > 0
@@ -47,6 +47,51 @@ def test_the_engines_encode_trains_the_encoder(untrained):
     finally:
         te.zero_grad(set_to_none=True)
         te.requires_grad_(False)
+
+
+def test_target_tokens_can_read_the_source_half_at_the_16x32_level(untrained):
+    """Self-attention (over the whole [target | source] width) and cross-attention at the two lower
+    levels and in the mid block; heads of HEAD_SIZE channels."""
+    from diffusers.models.attention_processor import Attention
+
+    unet = untrained.unet
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DreamLiteDownBlock2D", "DreamLiteCrossAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"]
+    assert [type(b).__name__ for b in unet.up_blocks] == [
+        "DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnUpBlock2D", "DreamLiteUpBlock2D"]
+    for block in (unet.down_blocks[1], unet.up_blocks[1], unet.mid_block):
+        layers = [m for m in block.modules() if isinstance(m, Attention)]
+        assert any(m.is_cross_attention for m in layers) and any(not m.is_cross_attention for m in layers)
+        assert all(m.inner_dim // m.heads == HEAD_SIZE for m in layers)
+
+
+def test_the_training_script_runs_end_to_end_and_writes_a_loadable_folder(tmp_path):
+    """A few steps on the CPU (tiny batch and crop): the folder loads with the server's loader and
+    names its own frame size and strength (node_server.json)."""
+    pytest.importorskip("skimage")  # the training photos come from scikit-image's bundled data
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from node_server.demo.styles import DEMO_STRENGTH
+    from node_server.models import load_model
+    from node_server.models.loader import model_frame_size
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path / "demo"
+    assert train.main(["--device", "cpu", "--out", str(out), "--vae-steps", "1", "--steps", "1",
+                       "--batch", "2", "--size", "64", "--minutes", "5"]) == 0
+    settings = json.loads((out / "node_server.json").read_text())
+    assert settings == {"defaults": {"strength": DEMO_STRENGTH}, "size": FRAME_SIZE}
+    assert model_frame_size(str(out)) == FRAME_SIZE == 256
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["vae_steps"] == 1 and meta["main_steps"] == 1 and len(meta["eval"]) == len(STYLES)
+    bundle = load_model(str(out), device="cpu", progress=False)
+    assert bundle.defaults == {"strength": DEMO_STRENGTH}
+    assert list(bundle.unet.config.block_out_channels) == list(unet_config()["block_out_channels"])
 
 
 def test_procedural_batches_repeat_from_the_seed_and_differ_between_seeds():

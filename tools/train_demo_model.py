@@ -1,15 +1,22 @@
 #!/usr/bin/env python
 """Train the embedded demo model (docs/DEMO_MODEL.md) within a wall-clock budget.
 
-    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 7 --out OUT/demo_model
+    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 7.6 --out OUT/demo_model
 
 Phases (fractions of the budget left after setup): the tiny autoencoder learns to reconstruct
 photos and their stylized versions; then the U-Net, the Qwen3-VL encoder and the autoencoder's
 decoder learn, through the engine's own conditioning (`PromptEncoder`) and latent layout
-([target | source] side by side), to turn a frame into the style its instruction names: a
-flow-matching loss at random sigma plus a pixel loss on the one-step result (sigma 1, the
-engine's default). Last, the folder is saved, loaded back with the server's loader and evaluated
-with `StreamEngine` on held-out photos (the table the tests' thresholds come from).
+([target | source] side by side), to turn a frame into the style its instruction names: the
+engine's one-step edit from the frame's own noised latent, at strengths around the demo
+default, judged in latent space and on the decoded picture (L1 and L1 of image gradients, which
+keeps edges). Last, the folder is saved (with its node_server.json: default strength and frame
+size), loaded back with the server's loader and evaluated with `StreamEngine` on held-out photos
+(the table the tests' thresholds come from).
+
+With `--latent-rms R` the autoencoder's latents are held at a root-mean-square of R (off by
+default; see node_server/demo/model.py, LATENT_RMS).
+The convolutions run in channels-last layout and, on a GPU, in bfloat16 autocast (`--precision`);
+the weights stay float32 and are saved as float32.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node_server.demo import data  # noqa: E402
-from node_server.demo.model import build_demo  # noqa: E402
+from node_server.demo import model as demo_model  # noqa: E402
+from node_server.demo.model import FRAME_SIZE, build_demo  # noqa: E402
 from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # noqa: E402
 from node_server.engine.encoder import PromptEncoder  # noqa: E402
 
@@ -47,14 +55,38 @@ def parse_args(argv=None):
     p.add_argument("--vae-fraction", type=float, default=0.2, help="share of the training time for the autoencoder")
     p.add_argument("--vae-steps", type=int, default=None, help="fixed autoencoder steps (overrides the time split)")
     p.add_argument("--steps", type=int, default=None, help="fixed main-phase steps (overrides the time budget)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="autocast dtype of the forward passes (auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--grad-weight", type=float, default=1.0,
+                   help="weight of the L1 of image gradients (edges) beside the pixel L1")
+    p.add_argument("--latent-rms", type=float, default=None,
+                   help="root-mean-square the autoencoder's latents are trained to (default: left free; "
+                        "node_server/demo/model.py: LATENT_RMS)")
     p.add_argument("--log-every", type=int, default=50)
     return p.parse_args(argv)
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """L1 between image gradients: keeps edges sharp (pencil, neon, comic and pixel art live there)."""
+    """L1 between image gradients: keeps edges sharp (pencil, blueprint, neon, emboss and pixel art
+    live there)."""
     return ((a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])).abs().mean() + \
            ((a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])).abs().mean()
+
+
+def image_loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.Tensor:
+    out, target = out.float(), target.float()
+    return F.l1_loss(out, target) + grad_weight * grad_l1(out, target)
+
+
+def set_layout(modules, channels_last: bool) -> None:
+    """Channels-last convolutions train faster (cuDNN's NHWC kernels); saving needs the default layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in modules:
+        m.to(memory_format=fmt)
+
+
+def layout(x: torch.Tensor, args) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
 
 
 class Clock:
@@ -92,20 +124,29 @@ def train_vae(vae, bank, args, gen, clock, until: float):
         idx = torch.randint(len(STYLES), (args.batch,), generator=gen, device=x.device)
         with torch.no_grad():
             y = apply_styles(x, idx)
-        imgs = torch.cat([x, y]) * 2 - 1
-        z = vae.encode(imgs).latents
-        rec = vae.decode(z).sample
-        loss = F.l1_loss(rec, imgs) + 0.5 * grad_l1(rec, imgs) + 1e-3 * z.pow(2).mean()
+        imgs = layout(torch.cat([x, y]) * 2 - 1, args)
+        with autocast(args):
+            z = vae.encode(imgs).latents
+            rec = vae.decode(z).sample
+        # keep the latents' scale at LATENT_RMS (the reconstruction alone leaves it free)
+        rms = z.float().pow(2).mean().sqrt()
+        loss = image_loss(rec, imgs, args.grad_weight)
+        if demo_model.LATENT_RMS is not None:
+            loss = loss + 0.1 * (rms / demo_model.LATENT_RMS - 1).pow(2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         last = loss.item()
         if step % args.log_every == 0:
-            print(f"[vae] step {step} t={clock.elapsed():.0f}s loss {last:.4f} latent std {z.detach().std().item():.2f}", flush=True)
+            print(f"[vae] step {step} t={clock.elapsed():.0f}s loss {last:.4f} latent rms {rms.item():.2f}", flush=True)
         step += 1
     print(f"[vae] done: {step} steps, final loss {last:.4f}", flush=True)
     return step, last
+
+
+def autocast(args):
+    return torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16)
 
 
 def apply_styles(x, idx):
@@ -157,10 +198,10 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
         chosen = rng.sample(range(len(STYLES)), n_groups)
         per = [n // n_groups + (1 if k < n % n_groups else 0) for k in range(n_groups)]
         idx = torch.cat([torch.full((c,), s, device=device, dtype=torch.long) for s, c in zip(chosen, per)])
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args):
             y = apply_styles(x, idx)
-            src = vae.encode(x * 2 - 1).latents
-            zt = vae.encode(y * 2 - 1).latents
+            src = vae.encode(layout(x * 2 - 1, args)).latents.float()
+            zt = vae.encode(layout(y * 2 - 1, args)).latents.float()
         # conditioning: one instruction per group; the encoder sees the frame itself or (half the
         # time) other frames, so a conditioning made from an earlier frame still works (on-change policy)
         enc_size = 256 if rng.random() < 0.7 else 512
@@ -172,28 +213,33 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
             frames = x[start : start + c]
             if rng.random() < 0.5:
                 frames = x[torch.randint(n, (c,), generator=gen, device=device)]
-            e, m = encode(enc, tok, frames)
+            with autocast(args):
+                e, m = encode(enc, tok, frames)
             embeds.append(e)
             masks.append(m)
             start += c
         embeds, mask = torch.cat(embeds), torch.cat(masks)
         # The engine's own one-step edit at a strength near the demo default: start from the frame's
         # latent mixed with noise (its `start_latents`), one Euler step to sigma 0 with the engine's
-        # schedule, and compare that result with the styled frame.
+        # schedule, and compare that result with the styled frame. Strengths below the default are
+        # mixed in (TRAIN_STRENGTHS): with more of the frame left under the noise, the fine detail
+        # is easier to keep, and that is learnt for the default too.
         noise = torch.randn(zt.shape, generator=gen, device=device)
         k = torch.randint(len(TRAIN_STRENGTHS), (n,), generator=gen, device=device)
         sigma = sched_sigma[k].view(n, 1, 1, 1)
         xt = (1 - sigma) * src + sigma * noise
         w = xt.shape[-1]
-        v = unet(torch.cat([xt, src], dim=3), timestep=sched_t[k], encoder_hidden_states=embeds,
-                 encoder_attention_mask=mask, return_dict=False)[0][..., :w]
-        x0 = xt - sigma * v
-        loss_flow = F.mse_loss(x0, zt)
-        out = vae.decode(x0).sample
+        with autocast(args):
+            v = unet(layout(torch.cat([xt, src], dim=3), args), timestep=sched_t[k], encoder_hidden_states=embeds,
+                     encoder_attention_mask=mask, return_dict=False)[0][..., :w]
+        x0 = xt - sigma * v.float()
+        loss_flow = F.mse_loss(x0, zt) / (demo_model.LATENT_RMS or 1.0) ** 2
         target = y * 2 - 1
-        loss_pix = F.l1_loss(out, target) + 0.5 * grad_l1(out, target)
-        rec = vae.decode(zt).sample
-        loss_rec = F.l1_loss(rec, target)
+        with autocast(args):
+            out = vae.decode(layout(x0, args)).sample
+            rec = vae.decode(layout(zt, args)).sample
+        loss_pix = image_loss(out, target, args.grad_weight)
+        loss_rec = F.l1_loss(rec.float(), target)
         loss = loss_pix + 0.5 * loss_flow + 0.5 * loss_rec
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,7 +262,7 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
 @torch.no_grad()
 def evaluate(folder: Path, device) -> dict:
     """Load the saved folder with the server's loader and stylize the held-out photos with each
-    preset prompt through `StreamEngine` (256x256, 1 step, strength 1, seed 0)."""
+    preset prompt through `StreamEngine` (256x256, 1 step, the demo strength, seed 0)."""
     from node_server.demo.evaluate import evaluate_folder
 
     return evaluate_folder(folder, device=device, images=[data.square(data.load_photo(n), 256) for n in data.HELD_OUT])
@@ -230,8 +276,14 @@ def main(argv=None) -> int:
         dev_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev_name)
     gpu = device.type == "cuda"
+    if args.latent_rms is not None:
+        demo_model.LATENT_RMS = args.latent_rms  # read by build_demo and the losses below
+    args.latent_rms = demo_model.LATENT_RMS
     args.batch = args.batch or (32 if gpu else 6)
-    args.size = args.size or (256 if gpu else 128)
+    args.size = args.size or (FRAME_SIZE if gpu else 128)
+    args.device_type = device.type
+    args.bf16 = args.precision == "bf16" or (args.precision == "auto" and gpu)
+    args.channels_last = True  # (also the layout the loader gives a model on the CPU)
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -241,10 +293,11 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     print(f"demo model training: device {device} ({torch.cuda.get_device_name(device) if gpu else 'cpu'}), "
           f"torch {torch.__version__}, budget {args.minutes} min, seed {args.seed}, batch {args.batch}, "
-          f"crop {args.size}", flush=True)
+          f"crop {args.size}, {'bf16 autocast' if args.bf16 else 'fp32'}, latent rms {args.latent_rms}", flush=True)
 
     bank = data.photo_bank(device=device)
     bundle = build_demo(args.seed, device=device)
+    set_layout((bundle.unet, bundle.vae), args.channels_last)
     counts = bundle.parameter_counts()
     print(f"photos: {len(bank)} training ({', '.join(data.TRAIN_PHOTOS)}); held out: {', '.join(data.HELD_OUT)}", flush=True)
     print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), flush=True)
@@ -258,17 +311,27 @@ def main(argv=None) -> int:
     out = Path(args.out)
     from node_server.models.synthetic import save_bundle
 
+    set_layout((bundle.unet, bundle.vae), False)
     bundle.to("cpu")
     save_bundle(bundle, out)
+    # AutoencoderTiny writes a `block_out_channels` key that its own loader does not take (and warns about)
+    vae_cfg = out / "vae" / "config.json"
+    vae_cfg.write_text(json.dumps({k: v for k, v in json.loads(vae_cfg.read_text()).items()
+                                   if k != "block_out_channels"}, indent=2, sort_keys=True) + "\n")
     meta = {
         "command": "python tools/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "device": str(device), "batch": args.batch, "crop": args.size,
+        "precision": "bf16 autocast" if args.bf16 else "fp32", "grad_weight": args.grad_weight,
+        "latent_rms": args.latent_rms,
+        "train_strengths": list(TRAIN_STRENGTHS), "parameters": counts,
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
         "train_seconds": round(clock.elapsed(), 1), "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "node_server.json").write_text(json.dumps({"defaults": {"strength": DEMO_STRENGTH}}, indent=2) + "\n")
+    # the model's own defaults for `serve` and `render` (node_server/models/loader.py reads them)
+    (out / "node_server.json").write_text(
+        json.dumps({"defaults": {"strength": DEMO_STRENGTH}, "size": FRAME_SIZE}, indent=2) + "\n")
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     print(f"saved {out}: {sum(sizes.values()) / 1e6:.2f} MB in {len(sizes)} files, largest "
           f"{max(sizes.values()) / 1e6:.2f} MB", flush=True)

@@ -2,9 +2,16 @@
 256x256 and >= 5 fps.
 
 Sizes were chosen by timing (see docs/DEMO_MODEL.md): the tiny Qwen3-VL encoder (vision tower
-included) of `synthetic:tiny`; a three-level `DreamLiteUNetModel` whose attention sits only at the
-lowest resolution (attention over ~290 conditioning tokens at full latent resolution cost more than
-everything else together on the CPU); an `AutoencoderTiny` with 24 channels and 8 latent channels.
+included) of `synthetic:tiny`; a three-level `DreamLiteUNetModel` with attention (self + cross) at
+its two lower resolutions and in the mid block; an `AutoencoderTiny` with 24 channels and 8 latent
+channels.
+
+Why attention at the middle level: the engine edits with the latents side by side, [target |
+source] (32x64 for a 256 frame). The clean detail of the frame sits in the source half, 32 latent
+pixels away from where the target half needs it, beyond the reach of the U-Net's convolutions.
+Self-attention over the whole side-by-side width lets every target token read the source tokens;
+at the 16x32 level (512 tokens, 32-wide heads) that costs a few milliseconds on a CPU, and it
+carries detail at twice the resolution of the 8x16 level (the only one the first version had).
 """
 
 from __future__ import annotations
@@ -16,20 +23,33 @@ from ..models.synthetic import IMAGE_PROCESSOR_CONFIG, SCHEDULER_CONFIG, _calibr
 from ..models.tokenizer import build_tokenizer
 
 LATENT_CHANNELS = 8
+# An optional root-mean-square the autoencoder's latents are trained to (None: left free, as in the
+# shipped model, whose latents settle near 0.55). The engine's edit starts from
+# `(1 - s) * frame_latent + s * noise` with unit noise, so a larger scale leaves more of the frame
+# readable in the target half. A 5-minute H200 run at 2.0 came out clearly worse than the shipped
+# 7.6-minute run without it (docs/DEMO_MODEL.md), so it is off by default.
+LATENT_RMS = None
+# The frame size the demo model is trained and evaluated at; written to the model folder's
+# node_server.json ("size"), so `serve` and `render` use it when no --size is given.
+FRAME_SIZE = 256
+UNET_CHANNELS = (48, 96, 128)  # latent resolution 32x64, 16x32 and 8x16 for a 256 frame
+HEAD_SIZE = 32  # channels per attention head
 
 
 def unet_config() -> dict:
     return dict(
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        block_out_channels=(32, 64, 128),
-        down_block_types=("DreamLiteDownBlock2D", "DreamLiteDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
-        up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteUpBlock2D", "DreamLiteUpBlock2D"),
+        block_out_channels=UNET_CHANNELS,
+        down_block_types=("DreamLiteDownBlock2D", "DreamLiteCrossAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
+        up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnUpBlock2D", "DreamLiteUpBlock2D"),
         mid_block_type="DreamLiteUNetMidBlock2DCrossAttn",
         layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim=64,  # the tiny encoder's hidden size
-        attention_head_dim=32,
+        # diffusers' `attention_head_dim` is the number of heads per level (its historical naming):
+        # heads of HEAD_SIZE channels, one per level 0 (which has no attention)
+        attention_head_dim=tuple(max(1, c // HEAD_SIZE) for c in UNET_CHANNELS),
         ff_mult=2,
     )
 
@@ -57,8 +77,17 @@ def build_demo(seed: int = 0, device="cpu") -> DreamLiteBundle:
     torch.manual_seed(seed + 2)
     vae = AutoencoderTiny(**vae_config())
     _calibrate_vae(vae, seed)  # latents of std ~1 and visible decoded contrast from the start
+    if LATENT_RMS is not None:
+        with torch.no_grad():  # ... then LATENT_RMS
+            vae.encoder.layers[-1].weight.mul_(LATENT_RMS)
+            vae.encoder.layers[-1].bias.mul_(LATENT_RMS)
     bundle = DreamLiteBundle(
         name="demo", text_encoder=text_encoder, tokenizer=tokenizer, image_processor=dict(IMAGE_PROCESSOR_CONFIG),
         unet=unet, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
     )
-    return bundle.to(device)
+    bundle.to(device)
+    if torch.device(device).type == "cpu":
+        from ..models.loader import use_cpu_layout
+
+        use_cpu_layout(bundle)  # the layout `load_model` gives a model on the CPU (and its speed)
+    return bundle

@@ -192,3 +192,135 @@ def test_parse_size():
     for bad in ("0", "500", "64x", "big"):
         with pytest.raises(ValueError, match="size"):
             render.parse_size(bad)
+
+
+# ---------------------------------------------------------------- the model folder's own frame size
+
+
+@pytest.fixture
+def sized_model(tiny_model_dir, tmp_path):
+    """The tiny model folder with a node_server.json that names a 64-pixel frame (and a strength)."""
+    import json
+    import shutil
+
+    d = tmp_path / "sized-model"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "node_server.json").write_text(json.dumps({"defaults": {"strength": 0.8}, "size": 64}))
+    return d
+
+
+def test_model_frame_size_is_read_without_loading(sized_model, tiny_model_dir, tmp_path):
+    import json
+
+    from node_server.errors import ModelLoadError
+    from node_server.models.loader import DEFAULT_FRAME_SIZE, model_frame_size
+
+    assert DEFAULT_FRAME_SIZE == 512
+    assert model_frame_size(str(sized_model)) == 64
+    assert model_frame_size(str(tiny_model_dir)) is None  # no node_server.json
+    assert model_frame_size("synthetic:tiny") is None
+    assert model_frame_size("nobody/no-such-model") is None  # a hub id: not read ahead
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for text in ({"size": 100}, {"size": "256"}, {"sizes": 256}):
+        (bad / "node_server.json").write_text(json.dumps(text))
+        with pytest.raises(ModelLoadError, match="node_server.json"):
+            model_frame_size(str(bad))
+
+
+def test_render_uses_the_model_folders_size_unless_given(capsys, tmp_path, folder, sized_model):
+    model = ["--model", str(sized_model), "--device", "cpu", "--quiet"]
+    rc, _, err = cli(capsys, folder, tmp_path / "own", "--prompt", "x", "--batch-size", "2", *model)
+    assert rc == 0, err
+    assert {Image.open(p).size for p in (tmp_path / "own").iterdir()} == {(64, 64)}
+    rc, _, err = cli(capsys, folder, tmp_path / "given", "--prompt", "x", "--size", "32", *model)
+    assert rc == 0, err
+    assert {Image.open(p).size for p in (tmp_path / "given").iterdir()} == {(32, 32)}
+
+
+def test_render_engine_size_without_a_model_size_is_512(tmp_path, fake_engine):
+    src = make_test_clip(tmp_path / "c.mp4", frames=2, size=(32, 32))
+    assert run_render(src, tmp_path / "o", "--prompt", "p", "--quiet") == 0
+    assert fake_engine.instances[0].size == (512, 512)
+
+
+def test_serve_uses_the_model_folders_size_unless_a_flag_or_the_file_gives_one(sized_model, tmp_path):
+    """The command's path: arguments -> config (`serve.config_from_args`) -> the default engine
+    factory, which builds the engine at the config's size."""
+    import io
+
+    from node_server.commands import serve
+    from node_server.server.app import ServerApp, default_engine_factory
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    base = ["--model", str(sized_model), "--device", "cpu", "--zmq-in", "tcp://127.0.0.1:0",
+            "--zmq-out", "tcp://127.0.0.1:0", "--osc-port", "0", "--oscquery-port", "0",
+            "--presets-dir", str(tmp_path / "presets")]
+
+    def config(*extra):
+        return serve.config_from_args(parser.parse_args(base + list(extra)))
+
+    toml = tmp_path / "serve.toml"
+    toml.write_text("size = 96\n")
+    assert config().size == 64  # the model's own
+    assert config("--size", "32").size == 32  # the flag wins
+    assert config("--config", str(toml)).size == 96  # so does the file
+    assert config("--config", str(toml), "--size", "32").size == 32
+    tiny = parser.parse_args(base[2:] + ["--model", "synthetic:tiny"])
+    assert serve.config_from_args(tiny).size == 512  # no size of its own: the global default
+
+    for extra, size in (((), 64), (("--size", "32"), 32)):
+        built = []
+
+        def factory(app, params):
+            built.append(default_engine_factory(app, params))
+            return built[-1]
+
+        out = io.StringIO()
+        app = ServerApp(config(*extra), engine_factory=factory, out=out, progress=False)
+        app.open()
+        try:
+            app.load()
+        finally:
+            app.close()
+        assert f"size {size}," in out.getvalue()  # the banner
+        assert built[0].size == (size, size)
+        assert built[0].params.strength == 0.8  # the folder's parameter defaults still apply
+
+
+# ---------------------------------------------------------------- reading and writing on background threads
+
+
+def test_a_bad_frame_mid_folder_is_reported_and_the_frames_before_it_are_written(tmp_path, fake_engine):
+    from node_server.errors import InputError
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in (1, 2, 4):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(d / f"f{i}.png")
+    (d / "f3.png").write_bytes(b"not a png")
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="f3.png"):
+        run_render(d, out, "--prompt", "p", "--size", "32", "--quiet")
+    assert sorted(p.name for p in out.iterdir()) == ["f1.png", "f2.png"]
+    assert fake_engine.instances[0].closed
+
+
+def test_a_write_error_stops_the_render_with_that_error(tmp_path, fake_engine, monkeypatch):
+    from bridges import file as file_bridge
+
+    calls = []
+
+    def failing_save(arr, path):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        Image.fromarray(arr).save(path)
+
+    monkeypatch.setattr(file_bridge, "_save_image", failing_save)
+    src = make_test_clip(tmp_path / "c.mp4", frames=6, size=(32, 32))
+    with pytest.raises(OSError, match="disk full"):
+        run_render(src, tmp_path / "o", "--prompt", "p", "--size", "32", "--quiet")
+    assert len(calls) == 2  # nothing written after the failure
+    assert fake_engine.instances[0].closed

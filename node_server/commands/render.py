@@ -1,16 +1,20 @@
 """`node-server render`: stylize a video, an image or a folder of images offline.
 
 Runs the same `StreamEngine` the live server uses, batch by batch, so an offline render shows
-what a live show would look like (and how fast). Heavy imports (torch, the model code) happen in
-`run`, keeping `node-server --help` fast.
+what a live show would look like (and how fast). Reading (image/video decoding) and writing
+(encoding) run on two background threads, overlapping the engine's step, as a live source and
+sink would. Heavy imports (torch, the model code) happen in `run`, keeping `node-server --help`
+fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import re
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 
@@ -28,7 +32,8 @@ input file names when the input is a folder).
 
 Frames of any size or aspect ratio are centre-cropped to the aspect ratio of --size and resized
 to it by the engine; grey frames become RGB and alpha is dropped. The output has exactly as many
-frames as the input.
+frames as the input. Without --size, the model folder's own size (its node_server.json, 256 for
+the demo model) is used, else 512.
 """
 
 
@@ -50,9 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=str, default=None, metavar="N", help="noise seed")
     parser.add_argument(
         "--size",
-        default="512",
+        default=None,
         metavar="SIZE",
-        help="output size: 512 (square) or WxH such as 768x512; multiples of 32 (default: 512)",
+        help="output size: 512 (square) or WxH such as 768x512; multiples of 32 (default: the model "
+        "folder's own size, 256 for the demo model; else 512)",
     )
     parser.add_argument(
         "--refresh",
@@ -70,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--quiet", action="store_true", help="no progress output; the summary line still prints")
+    from .lllite_args import add_lllite_arguments
+
+    add_lllite_arguments(parser)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -89,7 +98,9 @@ def parse_size(text: str) -> tuple[int, int]:
 def _build_params(args):
     from ..engine.params import Params
 
-    changes = {"prompt": args.prompt}
+    from .lllite_args import param_changes
+
+    changes = {"prompt": args.prompt, **param_changes(vars(args))}
     for name in ("seed", "steps", "strength", "batch_size", "refresh"):
         value = getattr(args, name)
         if value is not None:
@@ -102,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     verbose = not args.quiet
     # Cheap checks first, so a typo fails before a model loads.
-    size = parse_size(args.size)
+    size = parse_size(args.size) if args.size is not None else None
     if args.encoder_size < 32 or args.encoder_size % 32:
         raise ParamError("encoder_size", f"must be a positive multiple of 32, got {args.encoder_size}")
     params = _build_params(args)
+    from .lllite_args import check_lllite, engine_options
+
+    check_lllite(vars(args))
     source = open_source(args.input)
     total = len(source)
     if total == 0:
@@ -122,11 +136,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.factory import build_engine
     from ..models import DEFAULT_MODEL, load_model
+    from ..models.loader import DEFAULT_FRAME_SIZE, model_frame_size
 
     spec = args.model or DEFAULT_MODEL
+    if size is None:  # the model folder's own size (node_server.json), else the global default
+        own = model_frame_size(spec)
+        size = (own, own) if own else (DEFAULT_FRAME_SIZE, DEFAULT_FRAME_SIZE)
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
-    engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size)
+    engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,
+                          **engine_options(vars(args)))
     try:
         engine.warmup(progress=verbose)
         latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)
@@ -145,44 +164,148 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _render(engine, source, sink, batch_size: int, total: int, verbose: bool):
-    """Feed frames in batches, write outputs in order; returns (latencies_s, frames, seconds)."""
+    """Feed frames in batches, write outputs in order; returns (latencies_s, frames, seconds).
+
+    The source is read ahead and the sink written on background threads (`_ReadAhead`,
+    `_Writer`), so decoding and encoding overlap the engine's step; the order of frames is kept.
+    """
     pending: deque[tuple[int, float]] = deque()  # (frame id, time handed to step)
     latencies: list[float] = []
-    written = 0
     bar = Progress("render", total=total, enabled=verbose)
-
-    def collect(outs) -> None:
-        nonlocal written
-        now = time.perf_counter()
-        for out in outs:
-            if not pending or out.id != pending[0][0]:
-                expected = pending[0][0] if pending else None
-                raise RuntimeError(f"engine returned frame {out.id} but frame {expected} was next")
-            _, handed = pending.popleft()
-            latencies.append(now - handed)
-            sink.write(out.image)
-            written += 1
-        if outs:
-            bar.update(len(outs))
+    depth = 2 * batch_size + 2
 
     start = time.perf_counter()
-    frames: list = []
-    ids: list[int] = []
-    for index, frame in source:
-        frames.append(frame)
-        ids.append(index)
-        if len(frames) == batch_size:
+    writer = _Writer(sink, depth)
+    try:
+        def collect(outs) -> None:
+            now = time.perf_counter()
+            for out in outs:
+                if not pending or out.id != pending[0][0]:
+                    expected = pending[0][0] if pending else None
+                    raise RuntimeError(f"engine returned frame {out.id} but frame {expected} was next")
+                _, handed = pending.popleft()
+                latencies.append(now - handed)
+                writer.put(out.image)
+            if outs:
+                bar.update(len(outs))
+
+        frames: list = []
+        ids: list[int] = []
+        with _ReadAhead(source, depth) as frames_in:
+            for index, frame in frames_in:
+                frames.append(frame)
+                ids.append(index)
+                if len(frames) == batch_size:
+                    now = time.perf_counter()
+                    pending.extend((i, now) for i in ids)
+                    collect(engine.step(frames, ids))
+                    frames, ids = [], []
+        if frames:
             now = time.perf_counter()
             pending.extend((i, now) for i in ids)
             collect(engine.step(frames, ids))
-            frames, ids = [], []
-    if frames:
-        now = time.perf_counter()
-        pending.extend((i, now) for i in ids)
-        collect(engine.step(frames, ids))
-    if pending:
-        raise RuntimeError(f"engine did not return {len(pending)} frame(s), first missing id {pending[0][0]}")
+        if pending:
+            raise RuntimeError(f"engine did not return {len(pending)} frame(s), first missing id {pending[0][0]}")
+    except BaseException:
+        writer.finish(raise_error=False)  # the frames before the failure are still written
+        raise
+    written = writer.finish()  # every frame is written (or the write error raised) before timing ends
     elapsed = time.perf_counter() - start
     bar.close()
     return latencies, written, elapsed
+
+
+_END = object()
+
+
+class _ReadAhead:
+    """Iterates a frame source on a background thread, up to `depth` frames ahead of the consumer
+    (image and video decoding release the GIL, so it overlaps the engine's step). An error while
+    reading is raised in the consumer, at the frame where it happened."""
+
+    def __init__(self, source, depth: int):
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="render-reader", daemon=True)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        iterator = iter(self._source)
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # re-raised by the consumer
+            self._put((_END, exc))
+        finally:
+            close = getattr(iterator, "close", None)  # a generator holding a decoder open
+            if close is not None:
+                close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                raise item[1]
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Writer:
+    """Writes frames to a sink on a background thread, in the order given (encoding releases the
+    GIL, so it overlaps the engine's next step). A write error stops the writing and is raised in
+    the caller at its next `put` or at `finish`."""
+
+    def __init__(self, sink, depth: int):
+        self._sink = sink
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="render-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            image = self._queue.get()
+            if image is _END:
+                return
+            if self._error is not None:
+                continue  # drain, so the caller never blocks on a full queue
+            try:
+                self._sink.write(image)
+                self.written += 1
+            except BaseException as exc:
+                self._error = exc
+
+    def put(self, image) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(image)
+
+    def finish(self, raise_error: bool = True) -> int:
+        """Wait until every frame put is written; returns the count (raises the write error, if any)."""
+        self._queue.put(_END)
+        self._thread.join()
+        if self._error is not None and raise_error:
+            raise self._error
+        return self.written
 

@@ -11,6 +11,8 @@ import signal
 import sys
 import threading
 
+from .lllite_args import add_lllite_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that a value from --config is only overridden by flags actually given.
@@ -32,23 +34,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presets-dir", default=None, metavar="DIR",
                    help="user presets (default $NODE_SERVER_PRESETS or ~/.config/node-server/presets)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with the same keys as these flags (flags win)")
-    p.add_argument("--size", type=int, default=None, help="output size in pixels, a multiple of 32 (default 512)")
+    p.add_argument("--size", type=int, default=None,
+                   help="output size in pixels, a multiple of 32 (default: the model folder's own size from its "
+                        "node_server.json, 256 for the demo model; else 512)")
     p.add_argument("--encoder-size", type=int, default=None, metavar="PX",
                    help="size of the frame the vision-language encoder sees: 512 (default, as the stock "
                         "pipeline) or 256 (64 image tokens instead of 256: a cheaper encode)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B", help="frames per engine step (default 1)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    add_lllite_arguments(p)
 
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port",
-         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq")
+         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq",
+         "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The `ServeConfig` for these arguments: defaults < the model folder's own size < --config < flags."""
+    from ..server.config import resolve
+
+    return resolve({k: getattr(args, k, None) for k in _KEYS}, args.config)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..server.app import ServerApp
-    from ..server.config import resolve
 
-    config = resolve({k: getattr(args, k, None) for k in _KEYS}, args.config)
+    config = config_from_args(args)
     stop = threading.Event()
     failure: list[BaseException] = []
     signalled: list[int] = []

@@ -1,5 +1,9 @@
 """`serve` settings: defaults, an optional TOML file, then command-line flags (flags win).
 
+The frame size has one more source between the default and the file: the model folder's own
+`node_server.json` ("size", e.g. 256 for the demo model), used when neither the file nor a flag
+gives one.
+
 The file uses the flags' names (`osc-port = 9000` or `osc_port = 9000`); an unknown key or a
 value of the wrong type is an error that names the key, so a typo never silently does nothing.
 """
@@ -44,13 +48,18 @@ class ServeConfig:
     oscquery_port: int = 9001  # 0: off
     preset: str | None = None
     presets_dir: str | None = None  # None: default_presets_dir()
-    size: int = 512
+    size: int = 512  # resolve(): the model folder's own size (node_server.json) when none is given
     encoder_size: int = 512  # the encoder's view of the frame: 512 (the stock pipeline's) or 256
     batch_size: int | None = None  # None: the engine's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     spout_in: str | None = None  # Spout sender to receive from ("" = Spout's active sender); Windows
     spout_out: str | None = None  # Spout sender name to send outputs under; Windows
     no_zmq: bool = False  # True: no ZeroMQ sockets (frames only over Spout)
+    lllite: str | None = None  # a ControlNet-LLLite adapter file (docs/LLLITE.md)
+    lllite_blocks: str | None = None  # None: every hook in the file
+    lllite_source: str | None = None  # None: temporal
+    lllite_refresh: int | None = None  # None: the parameter's default (every batch)
+    lllite_strength: float | None = None  # None: 1
 
     def feedback_address(self) -> tuple[str, int] | None:
         if not self.feedback:
@@ -62,7 +71,8 @@ class ServeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
-_INT_KEYS = {"osc_port", "oscquery_port", "size", "encoder_size", "batch_size"}
+_INT_KEYS = {"osc_port", "oscquery_port", "size", "encoder_size", "batch_size", "lllite_refresh"}
+_FLOAT_KEYS = {"lllite_strength"}
 _BOOL_KEYS = {"no_zmq"}
 
 
@@ -78,6 +88,10 @@ def _check(key: str, value: Any, origin: str) -> Any:
         if not isinstance(value, bool):
             raise NodeServerError(f"{origin}: {key} must be true or false, got {value!r}")
         return value
+    if key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NodeServerError(f"{origin}: {key} must be a number, got {value!r}")
+        return float(value)
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise NodeServerError(f"{origin}: {key} must be an integer, got {value!r}")
@@ -128,7 +142,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfig:
-    """Defaults < file < flags; `flags` holds only the flags given (None means not given)."""
+    """Defaults < the model's own frame size < file < flags; `flags` holds only the flags given
+    (None means not given)."""
     values: dict[str, Any] = {}
     if config_file:
         values.update(load_config_file(config_file))
@@ -137,6 +152,13 @@ def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfi
             values[key] = _check(key, value, "--" + key.replace("_", "-"))
     config = ServeConfig(**values)
     check_frame_paths(config)
+    from ..commands.lllite_args import check_lllite
+
+    check_lllite(values)  # before a model loads: a missing adapter file fails at once
+    if "size" not in values:  # read from the model folder without loading the model
+        from ..models.loader import DEFAULT_FRAME_SIZE, model_frame_size
+
+        config.size = model_frame_size(config.model) or DEFAULT_FRAME_SIZE
     return config
 
 

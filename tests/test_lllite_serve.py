@@ -101,3 +101,22 @@ def test_serve_with_an_adapter_and_its_osc_controls(adapter):
         want_first = plain.step([_frame(0)], [0])[0].image
     assert all(np.array_equal(img, w) for (_, img), w in zip(off, want))
     assert np.abs(adapted[0][1].astype(int) - want_first.astype(int)).mean() > 0.5
+
+
+def test_config_file_lllite_keys_are_checked_before_loading(adapter, tmp_path):
+    from node_server.errors import NodeServerError
+    from node_server.server.config import resolve
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'lllite = "{adapter}"\nlllite-refresh = 8\nlllite-strength = 0.5\nlllite-blocks = "down"\n')
+    config = resolve({"model": "synthetic:tiny"}, str(good))
+    assert (config.lllite, config.lllite_refresh, config.lllite_strength, config.lllite_blocks) == \
+        (str(adapter), 8, 0.5, "down")
+    for text, reason in ((f'lllite = "{tmp_path / "missing.safetensors"}"\n', "not found"),
+                         (f'lllite = "{adapter}"\nlllite-source = "camera"\n', "temporal or frame"),
+                         (f'lllite = "{adapter}"\nlllite-blocks = "middle"\n', "lllite_blocks"),
+                         ('lllite-strength = "high"\n', "must be a number")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(NodeServerError, match=reason):
+            resolve({"model": "synthetic:tiny"}, str(bad))

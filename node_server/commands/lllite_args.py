@@ -36,6 +36,9 @@ def check_lllite(values: dict[str, Any]) -> None:
     if not Path(file).expanduser().is_file():
         raise ModelLoadError(f"LLLite file not found: {file}")
     parse_blocks(values.get("lllite_blocks"))
+    source = values.get("lllite_source")
+    if source is not None and source not in ("temporal", "frame"):
+        raise ModelLoadError(f"lllite_source must be temporal or frame, got {source!r}")
 
 
 def engine_options(values: dict[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,11 @@ def test_kohya_ldm_names_resolve_to_the_diffusers_modules():
         assert names["lllite_unet_" + ldm] == path
     assert names["lllite_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_q"] == \
         "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"
+    with torch.device("meta"):  # per-block layer counts: no LDM numbering, diffusers names only
+        per_block = UNet2DConditionModel(layers_per_block=[2, 2, 2, 2])
+    names = module_names(per_block)
+    assert not any(n.startswith("lllite_unet_input_blocks_") for n in names)
+    assert "lllite_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in names
 
 
 def test_sd_engine_runs_a_kohya_named_adapter(tmp_path):

@@ -142,7 +142,7 @@ class LLLiteProjection(nn.Module):
         return e.flatten(2).transpose(1, 2)  # [n, c, h, w] -> [n, h*w, c], the transformer's token order
 
 
-def _module_level(path: str, levels: int) -> int:
+def module_level(path: str, levels: int) -> int:
     """The resolution level (0 = the latent's) that a down/mid/up module runs at."""
     parts = path.split(".")
     if parts[0] == "down_blocks":
@@ -200,7 +200,7 @@ class LLLite:
         if have != in_dim:
             raise ParamError("lllite", f"{hook.name}: built for {in_dim} input features, {hook.path} has {have} "
                              "(an adapter for another model?)")
-        level = _module_level(hook.path, levels)
+        level = module_level(hook.path, levels)
         if hook.depth != level + 1:
             raise ParamError("lllite", f"{hook.name}: its conditioning depth {hook.depth} does not match "
                              f"{hook.path}, which runs at resolution level {level} (expected depth {level + 1})")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.lllite import BLOCK_GROUPS, HookWeights, block_group, conditioning_net, parse_blocks
+from ..engine.lllite import BLOCK_GROUPS, HookWeights, block_group, conditioning_net, module_level, parse_blocks
 from ..errors import ModelLoadError
 
 PREFIX = "lllite_unet_"
@@ -31,9 +31,10 @@ DEFAULT_TARGETS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn2.to_q")
 
 def _ldm_aliases(unet: nn.Module) -> dict[str, str]:
     """LDM names (as kohya writes them) for the modules inside a diffusers U-Net's attentions."""
-    per = int(getattr(unet.config, "layers_per_block", 1))
-    if isinstance(getattr(unet.config, "layers_per_block", 1), (list, tuple)):
+    per = getattr(unet.config, "layers_per_block", 1)
+    if isinstance(per, (list, tuple)):  # per-block layer counts: no single LDM numbering
         return {}
+    per = int(per)
     out = {}
     for path, _ in unet.named_modules():
         m = re.match(r"^(down_blocks|up_blocks|mid_block)\.?(\d*)\.?attentions\.(\d+)\.(.+)$", path)
@@ -119,9 +120,7 @@ def synth_hooks(unet: nn.Module, *, blocks: "str | None" = None, cond_dim: int =
             continue
         if block_group(path) not in groups:
             continue
-        parts = path.split(".")
-        level = int(parts[1]) if parts[0] == "down_blocks" else (
-            levels - 1 if parts[0] == "mid_block" else levels - 1 - int(parts[1]))
+        level = module_level(path, levels)
         if level > 2:
             continue  # kohya's conditioning CNN reaches depth 3 (stride 32) at most
         in_dim = module.in_features

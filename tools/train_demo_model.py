@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Train the embedded demo model (docs/DEMO_MODEL.md) within a wall-clock budget.
 
-    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 7.6 --out OUT/demo_model
+    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 8.9 --out OUT/demo_model
 
 Phases (fractions of the budget left after setup): the tiny autoencoder learns to reconstruct
 photos and their stylized versions; then the U-Net, the Qwen3-VL encoder and the autoencoder's
 decoder learn, through the engine's own conditioning (`PromptEncoder`) and latent layout
 ([target | source] side by side), to turn a frame into the style its instruction names: the
-engine's one-step edit from the frame's own noised latent, at strengths around the demo
+engine's one-step edit from the frame's own noised latent, at low strengths around the demo
 default, judged in latent space and on the decoded picture (L1 and L1 of image gradients, which
 keeps edges). Last, the folder is saved (with its node_server.json: default strength and frame
 size), loaded back with the server's loader and evaluated with `StreamEngine` on held-out photos
@@ -41,6 +41,9 @@ from node_server.demo.model import FRAME_SIZE, build_demo  # noqa: E402
 from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # noqa: E402
 from node_server.engine.encoder import PromptEncoder  # noqa: E402
 
+# The edit phase's peak learning rate (U-Net). At 1e-3 the first runs sat on a plateau (loss ~0.9)
+# until the cosine decay brought it near 3e-4, then dropped fast (docs/DEMO_MODEL.md).
+MAIN_LR = 2e-4
 TRAIN_PROMPT_TOKENS = 32  # valid conditioning is the same at any padded length (padding is masked)
 
 
@@ -62,8 +65,23 @@ def parse_args(argv=None):
     p.add_argument("--latent-rms", type=float, default=None,
                    help="root-mean-square the autoencoder's latents are trained to (default: left free; "
                         "node_server/demo/model.py: LATENT_RMS)")
+    p.add_argument("--strengths", type=strength_list, default=TRAIN_STRENGTHS,
+                   help="comma-separated edit strengths drawn uniformly per image (default: "
+                        "node_server/demo/styles.py TRAIN_STRENGTHS)")
+    p.add_argument("--latent-channels", type=int, default=demo_model.LATENT_CHANNELS,
+                   help="the autoencoder's latent channels (also the U-Net's in/out channels)")
+    p.add_argument("--lr", type=float, default=MAIN_LR,
+                   help="peak learning rate of the U-Net in the edit phase (the encoder and the decoder "
+                        "take 0.3 of it); cosine decay to a tenth")
     p.add_argument("--log-every", type=int, default=50)
     return p.parse_args(argv)
+
+
+def strength_list(text: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in text.split(",") if v.strip())
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"strengths must be numbers in (0, 1], got {text!r}")
+    return values
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -166,16 +184,17 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
     encode = PromptEncoder.encode.__wrapped__  # the engine's own encode, with gradients
     tokens = {s: {} for s in encoders}
     groups = [
-        {"params": unet.parameters(), "lr": 1e-3},
-        {"params": te.parameters(), "lr": 3e-4},
-        {"params": vae.decoder.parameters(), "lr": 3e-4},
+        {"params": unet.parameters(), "lr": args.lr},
+        {"params": te.parameters(), "lr": 0.3 * args.lr},
+        {"params": vae.decoder.parameters(), "lr": 0.3 * args.lr},
     ]
     base = [g["lr"] for g in groups]
     params = [p for m in (unet, te, vae.decoder) for p in m.parameters()]
     from node_server.engine.engine import flow_schedule
 
     latent = args.size // 2 ** (len(vae.config.encoder_block_out_channels) - 1)
-    schedules = [flow_schedule(bundle.scheduler, 1, s, (latent, latent)) for s in TRAIN_STRENGTHS]
+    # the engine's schedule for a frame of this size (`StreamEngine.latent_hw`: one frame's latent)
+    schedules = [flow_schedule(bundle.scheduler, 1, s, (latent, latent)) for s in args.strengths]
     sched_sigma = torch.tensor([s.sigmas[0] for s in schedules], device=device)
     sched_t = torch.tensor([s.timesteps[0] for s in schedules], device=device)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -219,13 +238,12 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
             masks.append(m)
             start += c
         embeds, mask = torch.cat(embeds), torch.cat(masks)
-        # The engine's own one-step edit at a strength near the demo default: start from the frame's
-        # latent mixed with noise (its `start_latents`), one Euler step to sigma 0 with the engine's
-        # schedule, and compare that result with the styled frame. Strengths below the default are
-        # mixed in (TRAIN_STRENGTHS): with more of the frame left under the noise, the fine detail
-        # is easier to keep, and that is learnt for the default too.
+        # The engine's own one-step edit at a strength drawn from --strengths (TRAIN_STRENGTHS, low,
+        # around the demo default): start from the frame's latent mixed with noise (its
+        # `start_latents`), one Euler step to sigma 0 with the engine's schedule, and compare that
+        # result with the styled frame. The less noise, the less detail the step has to guess.
         noise = torch.randn(zt.shape, generator=gen, device=device)
-        k = torch.randint(len(TRAIN_STRENGTHS), (n,), generator=gen, device=device)
+        k = torch.randint(len(args.strengths), (n,), generator=gen, device=device)
         sigma = sched_sigma[k].view(n, 1, 1, 1)
         xt = (1 - sigma) * src + sigma * noise
         w = xt.shape[-1]
@@ -296,7 +314,7 @@ def main(argv=None) -> int:
           f"crop {args.size}, {'bf16 autocast' if args.bf16 else 'fp32'}, latent rms {args.latent_rms}", flush=True)
 
     bank = data.photo_bank(device=device)
-    bundle = build_demo(args.seed, device=device)
+    bundle = build_demo(args.seed, device=device, latent_channels=args.latent_channels)
     set_layout((bundle.unet, bundle.vae), args.channels_last)
     counts = bundle.parameter_counts()
     print(f"photos: {len(bank)} training ({', '.join(data.TRAIN_PHOTOS)}); held out: {', '.join(data.HELD_OUT)}", flush=True)
@@ -321,9 +339,9 @@ def main(argv=None) -> int:
     meta = {
         "command": "python tools/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "device": str(device), "batch": args.batch, "crop": args.size,
-        "precision": "bf16 autocast" if args.bf16 else "fp32", "grad_weight": args.grad_weight,
+        "precision": "bf16 autocast" if args.bf16 else "fp32", "grad_weight": args.grad_weight, "lr": args.lr,
         "latent_rms": args.latent_rms,
-        "train_strengths": list(TRAIN_STRENGTHS), "parameters": counts,
+        "train_strengths": list(args.strengths), "latent_channels": args.latent_channels, "parameters": counts,
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
         "train_seconds": round(clock.elapsed(), 1), "torch": torch.__version__,

@@ -18,13 +18,13 @@ from . import ops
 
 
 # The demo model edits SDEdit-style: its one step starts from the frame's own latent mixed with
-# noise at this strength, so the picture's layout is already in place and the small U-Net only has
-# to restyle it locally (see tools/train_demo_model.py). Training draws its strength uniformly from
-# TRAIN_STRENGTHS (0.65 most often). The default, 0.3, was chosen after training on the held-out
-# photos: the style errors are the same as at 0.65 (docs/DEMO_MODEL.md), and more of the photo's
-# layout shows through.
-DEMO_STRENGTH = 0.3
-TRAIN_STRENGTHS = (0.3, 0.45, 0.55, 0.65, 0.65, 0.65, 0.75, 0.85)
+# noise at this strength, so the picture is already in place and the small U-Net only has to
+# restyle it locally (see tools/train_demo_model.py). Its single step denoises as it restyles, and
+# what noise hides it can only guess at (a blur), so low strengths keep the most detail: training
+# draws its strength uniformly from TRAIN_STRENGTHS (0.2-0.25 most often), and the default, 0.15,
+# gave the lowest mean error on the held-out photos (docs/DEMO_MODEL.md, "Why strength 0.15").
+DEMO_STRENGTH = 0.15
+TRAIN_STRENGTHS = (0.1, 0.15, 0.2, 0.2, 0.25, 0.25, 0.3, 0.4)
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,54 @@ def test_every_style_is_deterministic_in_range_and_changes_the_image():
         assert (y - x).abs().mean() > 0.02, s.name
         grouped = apply_styles(x, torch.tensor([k, k]))
         torch.testing.assert_close(grouped, y)
+
+
+def _train_script():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", script)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train
+
+
+def test_a_paused_and_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    """`--state`: a run split over calls (a device call is limited to 10 minutes) continues the same
+    batches, noise and optimizer, so it ends exactly where one uninterrupted run does."""
+    pytest.importorskip("skimage")
+    from safetensors.torch import load_file
+
+    train = _train_script()
+    common = ["--device", "cpu", "--vae-steps", "2", "--steps", "3", "--batch", "2", "--size", "64", "--minutes", "5"]
+    assert train.main(common + ["--out", str(tmp_path / "whole")]) == 0
+    state = tmp_path / "run.state"
+    split = common + ["--out", str(tmp_path / "split"), "--state", str(state), "--pause-after", "2"]
+    assert train.main(split) == 0  # autoencoder steps 0-1, then edit steps 0-1: paused
+    assert state.exists() and not (tmp_path / "split").exists()
+    assert train.main(split) == 0  # edit step 2, then save and evaluate
+    assert not state.exists()  # a finished run leaves no state behind
+    for part in ("unet", "vae", "text_encoder"):
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        whole, split_w = (load_file(tmp_path / run / part / name) for run in ("whole", "split"))
+        assert whole.keys() == split_w.keys()
+        for key in whole:
+            torch.testing.assert_close(split_w[key], whole[key], rtol=0, atol=0, msg=f"{part}.{key}")
+    import json
+
+    meta = json.loads((tmp_path / "split" / "training.json").read_text())
+    assert meta["calls"] == 2 and meta["vae_steps"] == 2 and meta["main_steps"] == 3
+
+
+def test_a_state_from_other_settings_or_without_fixed_steps_is_refused(tmp_path):
+    pytest.importorskip("skimage")
+    train = _train_script()
+    state = tmp_path / "run.state"
+    with pytest.raises(SystemExit, match="fixed step counts"):
+        train.main(["--device", "cpu", "--out", str(tmp_path / "m"), "--state", str(state)])
+    common = ["--device", "cpu", "--vae-steps", "1", "--steps", "2", "--batch", "2", "--size", "64",
+              "--out", str(tmp_path / "m"), "--state", str(state), "--pause-after", "1"]
+    assert train.main(common) == 0 and state.exists()  # paused after edit step 0
+    with pytest.raises(SystemExit, match="other settings .*lr"):
+        train.main(common + ["--lr", "1e-3"])

@@ -6,6 +6,7 @@ Every socket binds 127.0.0.1 on an ephemeral port, so the tests can run in paral
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
@@ -171,13 +172,36 @@ def _stream(client: ZmqClient, n: int, *, first_id: int = 0, in_flight: int = 1,
 
 
 class Osc:
-    """A UDP socket that sends OSC to the server and reads what comes back to it."""
+    """A UDP socket that sends OSC to the server and reads what comes back to it.
+
+    A thread reads the socket all the time: the server's 4 Hz /status bundles would otherwise fill
+    the kernel's receive buffer (about 170 packets) in under a minute of a module's tests, and
+    then a later /error or /status/prompt would be dropped before `expect` ever looked."""
 
     def __init__(self, port: int):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.server = ("127.0.0.1", port)
+        self._received: collections.deque[tuple[str, list]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="test-osc-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            messages = [(t.message.address, list(t.message.params)) for t in osc_packet.OscPacket(data).messages]
+            with self._cond:
+                self._received.extend(messages)
+                self._cond.notify_all()
 
     def send(self, address: str, *args) -> None:
         b = osc_message_builder.OscMessageBuilder(address=address)
@@ -186,22 +210,23 @@ class Osc:
         self.sock.sendto(b.build().dgram, self.server)
 
     def expect(self, address: str, timeout: float = 3.0, match=lambda params: True) -> list:
-        """Read until a message to `address` whose params satisfy `match`; returns its params."""
+        """Read (in arrival order, dropping what does not match) until a message to `address` whose
+        params satisfy `match`; returns its params."""
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {address} within {timeout} s")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            for timed in osc_packet.OscPacket(data).messages:
-                if timed.message.address == address and match(list(timed.message.params)):
-                    return list(timed.message.params)
+        with self._cond:
+            while True:
+                while self._received:
+                    got, params = self._received.popleft()
+                    if got == address and match(params):
+                        return params
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {address} within {timeout} s")
+                self._cond.wait(left)
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(1.0)
         self.sock.close()
 
 

@@ -73,6 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=MAIN_LR,
                    help="peak learning rate of the U-Net in the edit phase (the encoder and the decoder "
                         "take 0.3 of it); cosine decay to a tenth")
+    p.add_argument("--state", default=None, metavar="FILE",
+                   help="resumable run: with fixed --vae-steps and --steps, stop when --minutes runs out "
+                        "(or after --pause-after steps), save the training state to FILE and exit; the same "
+                        "command continues from it, until the steps are done")
+    p.add_argument("--pause-after", type=int, default=None, metavar="N",
+                   help="with --state: also stop after N steps in this call")
     p.add_argument("--log-every", type=int, default=50)
     return p.parse_args(argv)
 
@@ -123,19 +129,45 @@ def lr_factor(progress: float, step: int, warmup: int = 50) -> float:
     return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_vae(vae, bank, args, gen, clock, until: float):
+class Stepper:
+    """When a training loop stops, and how far along its learning-rate schedule it is: by time
+    (`--minutes`) or by a fixed step count; a resumable run (`--state`) also pauses when this call's
+    time or `--pause-after` steps are used up."""
+
+    def __init__(self, args, clock, total, until: float, pause_at: float, start: int = 0):
+        self.args, self.clock, self.total, self.until, self.pause_at = args, clock, total, until, pause_at
+        self.step, self.start, self.t0 = start, start, clock.elapsed()
+        self.paused = False
+
+    def progress(self):
+        """This step's progress in [0, 1], or None to stop (see `paused`)."""
+        if self.total is not None:
+            if self.step >= self.total:
+                return None
+            if self.args.state is not None and (
+                    self.clock.elapsed() >= self.pause_at
+                    or (self.args.pause_after is not None and self.step - self.start >= self.args.pause_after)):
+                self.paused = True
+                return None
+            return self.step / max(1, self.total)
+        if self.clock.elapsed() >= self.until:
+            return None
+        return (self.clock.elapsed() - self.t0) / max(1e-6, self.until - self.t0)
+
+
+def train_vae(vae, bank, args, gen, clock, until: float, pause_at: float, resume=None):
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     vae.train().requires_grad_(True)
-    step, t0, last = 0, clock.elapsed(), None
+    last = None
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        last = resume["last"]
+    stepper = Stepper(args, clock, args.vae_steps, until, pause_at, start=resume["step"] if resume else 0)
     while True:
-        if args.vae_steps is not None:
-            if step >= args.vae_steps:
-                break
-            progress = step / max(1, args.vae_steps)
-        else:
-            if clock.elapsed() >= until:
-                break
-            progress = (clock.elapsed() - t0) / max(1e-6, until - t0)
+        progress = stepper.progress()
+        if progress is None:
+            break
+        step = stepper.step
         for g in opt.param_groups:
             g["lr"] = 2e-3 * lr_factor(progress, step)
         x = data.training_batch(bank, args.batch, args.size, gen)
@@ -158,9 +190,11 @@ def train_vae(vae, bank, args, gen, clock, until: float):
         last = loss.item()
         if step % args.log_every == 0:
             print(f"[vae] step {step} t={clock.elapsed():.0f}s loss {last:.4f} latent rms {rms.item():.2f}", flush=True)
-        step += 1
-    print(f"[vae] done: {step} steps, final loss {last:.4f}", flush=True)
-    return step, last
+        stepper.step += 1
+    if stepper.paused:
+        return {"step": stepper.step, "opt": opt.state_dict(), "last": last}
+    print(f"[vae] done: {stepper.step} steps, final loss {last:.4f}", flush=True)
+    return stepper.step, last
 
 
 def autocast(args):
@@ -173,7 +207,7 @@ def apply_styles(x, idx):
     return _apply(x, idx)
 
 
-def train_main(bundle, bank, args, gen, clock, until: float, device):
+def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: float, resume=None):
     unet, vae, te = bundle.unet, bundle.vae, bundle.text_encoder
     vae.eval().requires_grad_(False)
     vae.decoder.train().requires_grad_(True)
@@ -199,17 +233,18 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
     sched_t = torch.tensor([s.timesteps[0] for s in schedules], device=device)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     n_groups = 4 if args.batch >= 8 else 2
-    step, t0, losses = 0, clock.elapsed(), {}
+    losses = {}
     rng = random.Random(args.seed + 7)
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        losses = dict(resume["losses"])
+        rng.setstate(resume["rng"])
+    stepper = Stepper(args, clock, args.steps, until, pause_at, start=resume["step"] if resume else 0)
     while True:
-        if args.steps is not None:
-            if step >= args.steps:
-                break
-            progress = step / max(1, args.steps)
-        else:
-            if clock.elapsed() >= until:
-                break
-            progress = (clock.elapsed() - t0) / max(1e-6, until - t0)
+        progress = stepper.progress()
+        if progress is None:
+            break
+        step = stepper.step
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * lr_factor(progress, step, warmup=100)
         n = args.batch
@@ -269,12 +304,14 @@ def train_main(bundle, bank, args, gen, clock, until: float, device):
         if step % args.log_every == 0:
             print(f"[main] step {step} t={clock.elapsed():.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                   flush=True)
-        step += 1
-    print(f"[main] done: {step} steps, final (smoothed) " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+        stepper.step += 1
+    if stepper.paused:
+        return {"step": stepper.step, "opt": opt.state_dict(), "losses": losses, "rng": rng.getstate()}
+    print(f"[main] done: {stepper.step} steps, final (smoothed) " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
           flush=True)
     for m in (unet, te, vae):
         m.eval().requires_grad_(False)
-    return step, losses
+    return stepper.step, losses
 
 
 @torch.no_grad()
@@ -286,8 +323,52 @@ def evaluate(folder: Path, device) -> dict:
     return evaluate_folder(folder, device=device, images=[data.square(data.load_photo(n), 256) for n in data.HELD_OUT])
 
 
+STATE_KEYS = ("seed", "batch", "size", "vae_steps", "steps", "strengths", "latent_channels", "lr", "grad_weight",
+              "latent_rms", "vae_fraction", "precision")
+
+
+def load_state(args, bundle, gen):
+    """The saved state of a paused `--state` run (weights, optimizer, random streams, step), loaded
+    into `bundle` and `gen`; None when there is none yet. Refuses a state saved with other settings."""
+    if args.state is None or not Path(args.state).exists():
+        return None
+    state = torch.load(args.state, map_location=gen.device, weights_only=False)
+    saved = state["settings"]
+    mismatched = [k for k in STATE_KEYS if saved.get(k) != _setting(args, k)]
+    if mismatched:
+        raise SystemExit(f"{args.state} was saved by a run with other settings ({', '.join(mismatched)}); "
+                         "use the same command, or another --state file")
+    for name in ("unet", "vae", "text_encoder"):
+        getattr(bundle, name).load_state_dict(state["weights"][name])
+    gen.set_state(state["gen"].cpu())
+    print(f"resuming from {args.state}: {state['phase']} phase at step {state['step']}", flush=True)
+    return state
+
+
+def save_state(args, bundle, gen, phase: str, state: dict) -> int:
+    state = dict(state, phase=phase, gen=gen.get_state(), settings={k: _setting(args, k) for k in STATE_KEYS},
+                 weights={n: getattr(bundle, n).state_dict() for n in ("unet", "vae", "text_encoder")})
+    tmp = Path(str(args.state) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, args.state)
+    total = args.vae_steps if phase == "vae" else args.steps
+    print(f"paused: {phase} phase at step {state['step']} of {total}; state saved to {args.state}. "
+          "Run the same command again to continue.", flush=True)
+    return 0
+
+
+def _setting(args, key):
+    value = getattr(args, key)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.state is not None and (args.vae_steps is None or args.steps is None):
+        raise SystemExit("--state needs fixed step counts (--vae-steps and --steps), so a resumed run "
+                         "follows the same schedule")
+    if args.pause_after is not None and args.state is None:
+        raise SystemExit("--pause-after needs --state")
     clock = Clock(args.minutes)
     dev_name = args.device
     if dev_name == "auto":
@@ -323,8 +404,21 @@ def main(argv=None) -> int:
     reserve = max(25.0, 0.08 * clock.budget) if gpu else max(60.0, 0.1 * clock.budget)  # save + evaluation
     train_time = clock.left() - reserve
     vae_until = clock.elapsed() + args.vae_fraction * train_time
-    vae_steps, vae_loss = train_vae(bundle.vae, bank, args, gen, clock, vae_until)
-    main_steps, losses = train_main(bundle, bank, args, gen, clock, clock.budget - reserve, device)
+    pause_at = clock.budget - reserve
+    resume = load_state(args, bundle, gen)
+    calls = (resume or {}).get("calls", 0) + 1  # device calls this run has taken (resumable runs)
+    if resume is None or resume["phase"] == "vae":
+        result = train_vae(bundle.vae, bank, args, gen, clock, vae_until, pause_at, resume=resume)
+        if isinstance(result, dict):
+            return save_state(args, bundle, gen, "vae", dict(result, calls=calls))
+        vae_steps, vae_loss = result
+        resume = None
+    else:
+        vae_steps, vae_loss = resume["vae_steps"], resume["vae_loss"]
+    result = train_main(bundle, bank, args, gen, clock, clock.budget - reserve, device, pause_at, resume=resume)
+    if isinstance(result, dict):
+        return save_state(args, bundle, gen, "main", dict(result, vae_steps=vae_steps, vae_loss=vae_loss, calls=calls))
+    main_steps, losses = result
 
     out = Path(args.out)
     from node_server.models.synthetic import save_bundle
@@ -344,7 +438,7 @@ def main(argv=None) -> int:
         "train_strengths": list(args.strengths), "latent_channels": args.latent_channels, "parameters": counts,
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
-        "train_seconds": round(clock.elapsed(), 1), "torch": torch.__version__,
+        "train_seconds": round(clock.elapsed(), 1), "calls": calls, "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     # the model's own defaults for `serve` and `render` (node_server/models/loader.py reads them)
@@ -356,6 +450,9 @@ def main(argv=None) -> int:
     report = evaluate(out, device)
     meta["eval"] = report
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if args.state is not None and Path(args.state).exists():
+        Path(args.state).unlink()  # the run is complete; the same command would start it over
+        print(f"removed the finished run's state {args.state}", flush=True)
     print(f"total {clock.elapsed():.0f} s", flush=True)
     return 0
 

@@ -154,6 +154,12 @@ class Stepper:
             return None
         return (self.clock.elapsed() - self.t0) / max(1e-6, self.until - self.t0)
 
+    def __iter__(self):
+        """(step, progress) for each step to run; the step counts as done when the loop comes back."""
+        while (progress := self.progress()) is not None:
+            yield self.step, progress
+            self.step += 1
+
 
 def train_vae(vae, bank, args, gen, clock, until: float, pause_at: float, resume=None):
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
@@ -163,11 +169,7 @@ def train_vae(vae, bank, args, gen, clock, until: float, pause_at: float, resume
         opt.load_state_dict(resume["opt"])
         last = resume["last"]
     stepper = Stepper(args, clock, args.vae_steps, until, pause_at, start=resume["step"] if resume else 0)
-    while True:
-        progress = stepper.progress()
-        if progress is None:
-            break
-        step = stepper.step
+    for step, progress in stepper:
         for g in opt.param_groups:
             g["lr"] = 2e-3 * lr_factor(progress, step)
         x = data.training_batch(bank, args.batch, args.size, gen)
@@ -190,7 +192,6 @@ def train_vae(vae, bank, args, gen, clock, until: float, pause_at: float, resume
         last = loss.item()
         if step % args.log_every == 0:
             print(f"[vae] step {step} t={clock.elapsed():.0f}s loss {last:.4f} latent rms {rms.item():.2f}", flush=True)
-        stepper.step += 1
     if stepper.paused:
         return {"step": stepper.step, "opt": opt.state_dict(), "last": last}
     print(f"[vae] done: {stepper.step} steps, final loss {last:.4f}", flush=True)
@@ -240,11 +241,7 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
         losses = dict(resume["losses"])
         rng.setstate(resume["rng"])
     stepper = Stepper(args, clock, args.steps, until, pause_at, start=resume["step"] if resume else 0)
-    while True:
-        progress = stepper.progress()
-        if progress is None:
-            break
-        step = stepper.step
+    for step, progress in stepper:
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * lr_factor(progress, step, warmup=100)
         n = args.batch
@@ -304,7 +301,6 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
         if step % args.log_every == 0:
             print(f"[main] step {step} t={clock.elapsed():.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                   flush=True)
-        stepper.step += 1
     if stepper.paused:
         return {"step": stepper.step, "opt": opt.state_dict(), "losses": losses, "rng": rng.getstate()}
     print(f"[main] done: {stepper.step} steps, final (smoothed) " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),

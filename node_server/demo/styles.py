@@ -31,9 +31,13 @@ TRAIN_STRENGTHS = (0.1, 0.15, 0.2, 0.2, 0.25, 0.25, 0.3, 0.4)
 class Style:
     name: str  # also the preset's file name
     description: str
-    prompt: str  # the preset's prompt (one of the phrasings)
     phrasings: tuple[str, ...]  # training instructions; the first is the preset prompt
     apply: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def prompt(self) -> str:
+        """The preset's prompt: the first phrasing."""
+        return self.phrasings[0]
 
 
 def pencil_sketch(x: torch.Tensor) -> torch.Tensor:
@@ -132,34 +136,33 @@ def emboss(x: torch.Tensor) -> torch.Tensor:
 
 STYLES: tuple[Style, ...] = (
     Style("pencil-sketch", "Graphite pencil drawing: dark edges on white paper",
-          "turn it into a pencil sketch on white paper",
           ("turn it into a pencil sketch on white paper", "pencil sketch", "draw it with a pencil",
            "make it a graphite drawing", "a pencil drawing of this"), pencil_sketch),
-    Style("sepia", "Old sepia photograph", "make it an old sepia photograph",
+    Style("sepia", "Old sepia photograph",
           ("make it an old sepia photograph", "sepia", "sepia tone", "give it a brown vintage sepia look",
            "turn it into an antique photo in sepia"), sepia),
-    Style("blueprint", "Blueprint: white lines on deep blue", "turn it into a blueprint drawing",
+    Style("blueprint", "Blueprint: white lines on deep blue",
           ("turn it into a blueprint drawing", "blueprint", "white lines on blue paper", "an architect's blueprint",
            "draw it as a technical blueprint"), blueprint),
-    Style("thermal", "Thermal camera: blue cold, yellow hot", "make it look like a thermal camera image",
+    Style("thermal", "Thermal camera: blue cold, yellow hot",
           ("make it look like a thermal camera image", "thermal", "thermal camera", "infrared heat vision",
            "show it as a heat map, cold blue and hot yellow"), thermal),
-    Style("pixel-art", "Retro pixel art in 8-pixel blocks", "convert it into retro pixel art",
+    Style("pixel-art", "Retro pixel art in 8-pixel blocks",
           ("convert it into retro pixel art", "pixel art", "pixelate it", "8-bit video game style",
            "make it blocky like an old video game"), pixel_art),
-    Style("invert", "Colour negative", "invert the colours like a film negative",
+    Style("invert", "Colour negative",
           ("invert the colours like a film negative", "invert", "negative", "invert the colors",
            "make it a photo negative"), invert),
-    Style("watercolor", "Soft watercolour washes with darker edges", "make it a soft watercolor painting",
+    Style("watercolor", "Soft watercolour washes with darker edges",
           ("make it a soft watercolor painting", "watercolor", "watercolour", "paint it in watercolours",
            "a pale watercolor wash on paper"), watercolor),
-    Style("neon", "Glowing neon outlines on black", "turn it into glowing neon outlines on black",
+    Style("neon", "Glowing neon outlines on black",
           ("turn it into glowing neon outlines on black", "neon", "neon edges", "neon lights on a dark background",
            "glowing pink and cyan outlines"), neon),
-    Style("night-vision", "Night-vision goggles: bright phosphor green", "show it through night vision goggles",
+    Style("night-vision", "Night-vision goggles: bright phosphor green",
           ("show it through night vision goggles", "night vision", "green night vision", "military night vision camera",
            "make it glow green like night vision"), night_vision),
-    Style("emboss", "Embossed grey relief", "emboss it as a grey relief",
+    Style("emboss", "Embossed grey relief",
           ("emboss it as a grey relief", "emboss", "embossed", "a metal relief embossing", "carve it as a stone relief"),
           emboss),
 )

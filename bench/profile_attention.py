@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench.cuda_timing import cuda_ms
 from node_server.engine.denoiser import Denoiser
 from node_server.models import load_model
 
@@ -51,16 +52,7 @@ def main() -> None:
         F.scaled_dot_product_attention = real
 
     def ms(fn) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(20):
-            fn()
-        b.record()
-        b.synchronize()
-        return round(a.elapsed_time(b) / 20, 4)
+        return round(cuda_ms(fn, repeats=20, warmup=3), 4)
 
     for key, (count, (q, k, v, m, kw)) in calls.items():
         row = {"q": key[0], "k": key[1], "mask": key[2], "count": count}

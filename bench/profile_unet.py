@@ -12,28 +12,9 @@ import time
 
 import torch
 
+from bench.cuda_timing import cuda_ms
 from node_server.engine.denoiser import Denoiser
 from node_server.models import load_model
-
-
-def _graph_ms(fn, repeats: int = 50) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(repeats):
-        g.replay()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / repeats
 
 
 def main() -> None:
@@ -69,7 +50,7 @@ def main() -> None:
             dt = torch.tensor(-1.0, device="cuda")
             t0 = time.perf_counter()
             fn = lambda: step(lat, src, emb, mask, tid, t, dt)  # noqa: E731
-            ms = _graph_ms(fn)
+            ms = cuda_ms(fn, graph=True)
             print(json.dumps(dict(variant=variant, batch=n, unet_step_ms=round(ms, 3),
                                   per_frame_ms=round(ms / n, 3), setup_s=round(time.perf_counter() - t0, 1))),
                   flush=True)

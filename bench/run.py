@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.cuda_timing import cuda_ms
 from node_server.engine.engine import StreamEngine
 from node_server.engine.params import Params
 from node_server.models import load_model
@@ -141,26 +142,7 @@ def breakdown(engine: StreamEngine, clip: list[np.ndarray], batch: int, repeats:
     t0 = ts[0]
 
     def timed(fn, graph: bool = True) -> float:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        call = fn
-        if graph:
-            cg = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(cg):
-                fn()
-            call = cg.replay
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(repeats):
-            call()
-        b.record()
-        b.synchronize()
-        return round(a.elapsed_time(b) / repeats, 3)
+        return round(cuda_ms(fn, repeats=repeats, graph=graph), 3)
 
     out_u8 = dec(latents)
     pinned = torch.empty(out_u8.shape, dtype=torch.uint8, pin_memory=True)
@@ -262,15 +244,10 @@ def run_champion(args, bundle, clip, dtype, mode: str, label: str) -> dict:
         from node_server.engine.frames import to_device_batch
 
         x = to_device_batch(clip[:batch], engine.size, engine.device)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(3):
+        def refresh():
             runner.lllite.write(runner._temporal(x, runner.prev_in, runner.prev_out))
-        a.record()
-        for _ in range(20):
-            runner.lllite.write(runner._temporal(x, runner.prev_in, runner.prev_out))
-        b.record()
-        b.synchronize()
-        r["lllite_refresh_ms"] = round(a.elapsed_time(b) / 20, 3)
+
+        r["lllite_refresh_ms"] = round(cuda_ms(refresh, repeats=20, warmup=3), 3)
     print(json.dumps(r), flush=True)
     engine.close()
     if engine.device.type == "cuda":

@@ -157,6 +157,24 @@ def read_image_processor(folder: Path) -> dict:
     return cfg
 
 
+def load_parts(folder: Path, loaders: dict, progress: bool) -> dict:
+    """Run each component's loader in order, showing progress; a failure names the component and
+    the first line of the library's error (shared by DreamLite and SD folders)."""
+    parts = {}
+    for i, (component, load) in enumerate(loaders.items(), 1):
+        step(f"loading {component} ({i}/{len(loaders)})...", enabled=progress)
+        try:
+            parts[component] = load()
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load {component} from {str(folder / component)!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; expected files written by save_pretrained"
+            ) from None
+    return parts
+
+
 def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name: str | None = None) -> DreamLiteBundle:
     """Load a DreamLite model folder with no network access."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscreteScheduler
@@ -185,18 +203,7 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
         "vae": lambda: AutoencoderTiny.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=_HAS_ACCELERATE, **local),
         "scheduler": lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", **local),
     }
-    parts = {}
-    for i, component in enumerate(COMPONENTS, 1):
-        step(f"loading {component} ({i}/{len(COMPONENTS)})...", enabled=progress)
-        try:
-            parts[component] = loaders[component]()
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not load {component} from {str(folder / component)!r}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}; expected files written by save_pretrained"
-            ) from None
+    parts = load_parts(folder, loaders, progress)
     bundle = DreamLiteBundle(
         name=name or str(folder),
         text_encoder=parts["text_encoder"],

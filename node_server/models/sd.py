@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..progress import step
 from .bundle import ModelBundle
 
 SD_SYNTHETIC_SIZES = ("sd-turbo-tiny", "sd-turbo", "sd-turbo-kl")
@@ -282,7 +281,7 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .loader import _HAS_ACCELERATE, _finish, default_device, default_dtype
+    from .loader import _HAS_ACCELERATE, _finish, default_device, default_dtype, load_parts
 
     folder = Path(folder)
     device = torch.device(device) if device is not None else default_device()
@@ -318,17 +317,7 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
             folder, subfolder="vae", **model_kwargs),
         "scheduler": lambda: diffusers_class("scheduler", ()).from_pretrained(folder, subfolder="scheduler", **local),
     }
-    parts = {}
-    for i, component in enumerate(SD_COMPONENTS, 1):
-        step(f"loading {component} ({i}/{len(SD_COMPONENTS)})...", enabled=progress)
-        try:
-            parts[component] = loaders[component]()
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise ModelLoadError(f"could not load {component} from {str(folder / component)!r}: "
-                                 f"{type(exc).__name__}: {first}; expected files written by save_pretrained") from None
+    parts = load_parts(folder, loaders, progress)
     bundle = SDBundle(name or str(folder), **parts)
     te_dim = bundle.text_encoder.config.hidden_size
     cross = bundle.unet.config.cross_attention_dim

@@ -250,6 +250,29 @@ def test_synth_model_cli(tmp_path, monkeypatch, capsys):
     assert load_model(str(target), device="cpu", dtype=torch.bfloat16, progress=False).dtype == torch.bfloat16
 
 
+def test_synth_model_sizes_match_the_models():
+    """synth-model writes its --size choices out (to keep torch out of the CLI parser); they must agree."""
+    from node_server.commands.synth_model import SIZES
+    from node_server.models import SD_SYNTHETIC_SIZES, SYNTHETIC_SIZES
+
+    assert SIZES == SYNTHETIC_SIZES + SD_SYNTHETIC_SIZES
+
+
+def test_cli_parser_does_not_import_torch():
+    """Every command's parser is built before any command runs (`--help` included), so building it must
+    not import torch (about 1 s): node_server/cli.py's lazy command imports; checked in a fresh interpreter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys; from node_server.cli import build_parser; build_parser(); print(sorted(m for m in " \
+           "('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_reference_pipeline_output_visibly_depends_on_prompt_and_image(tiny_bundle):
     """The stock pipeline runs on our bundle, and the tiny model is calibrated to show changes."""
     import numpy as np

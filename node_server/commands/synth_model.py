@@ -12,12 +12,15 @@ from pathlib import Path
 from ..errors import ModelLoadError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.sd import SD_SYNTHETIC_SIZES
-    from ..models.synthetic import SYNTHETIC_SIZES
+# models.synthetic.SYNTHETIC_SIZES + models.sd.SD_SYNTHETIC_SIZES, written out because importing
+# node_server.models imports torch (about 1 s) and the CLI builds this parser for every command,
+# `--help` included (tests/test_models.py checks that the lists agree).
+SIZES = ("tiny", "paper", "sd-turbo-tiny", "sd-turbo", "sd-turbo-kl")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="folder to write (created; must be empty unless --force)")
-    parser.add_argument("--size", choices=SYNTHETIC_SIZES + SD_SYNTHETIC_SIZES, default="tiny",
+    parser.add_argument("--size", choices=SIZES, default="tiny",
                         help="tiny: a few million parameters for tests; paper: the published shapes (~2.6B); "
                         "sd-turbo-tiny: a tiny SD-class model (StableDiffusionPipeline layout); sd-turbo: "
                         "SD-Turbo's U-Net and CLIP with a TAESD-shaped tiny VAE (~1.2B); sd-turbo-kl: the same "

@@ -30,10 +30,11 @@ HELD_OUT = ("coffee", "rocket", "camera")
 # Largest accepted error of a style's output against its own target (see docs/DEMO_MODEL.md,
 # "Measured quality": the trained model's errors plus headroom).
 MAX_OWN_MAE = {
-    "pencil-sketch": 0.145, "sepia": 0.085, "blueprint": 0.115, "thermal": 0.085, "pixel-art": 0.11,
-    "invert": 0.10, "watercolor": 0.09, "neon": 0.13, "night-vision": 0.055, "emboss": 0.125,
+    "pencil-sketch": 0.125, "sepia": 0.065, "blueprint": 0.105, "thermal": 0.06, "pixel-art": 0.11,
+    "invert": 0.075, "watercolor": 0.085, "neon": 0.115, "night-vision": 0.045, "emboss": 0.105,
 }
-# The own target must be clearly nearer than any other style's target: own <= RATIO * nearest other.
+# The own target must be clearly nearer than any other style's target: own <= RATIO * nearest other
+# (the shipped model's largest ratio is 0.57).
 MAX_RATIO = 0.8
 # Styles the shipped model does not yet tell apart (a strict xfail each, documented in
 # docs/DEMO_MODEL.md); the retrained model separates all ten, so none.
@@ -210,6 +211,29 @@ def test_prompt_switch_over_osc_changes_the_style_of_the_frames_within_a_few_fra
     assert "thermal" in after[:5], after  # the new style shows within a few frames ...
     first = after.index("thermal")
     assert after[first:] == ["thermal"] * (len(after) - first)  # ... and stays
+
+
+def test_a_strength_above_the_models_range_runs_at_its_max_strength(demo_bundle, caplog):
+    """The demo model was trained at strengths up to 0.08 and overshoots into noise above them, so
+    its folder names max_strength 0.08: a request above runs at 0.08 (and says so in the log)."""
+    import logging
+
+    from node_server.engine.engine import StreamEngine
+
+    assert demo_bundle.max_strength == 0.08
+    image = to_uint8(held_out()[0])
+    prompt = style("sepia").prompt
+    frames = {}
+    with StreamEngine(demo_bundle, size=EVAL_SIZE) as eng:
+        for strength in (0.08, 0.03, 0.5):
+            with caplog.at_level(logging.WARNING, logger="node_server.engine"):
+                caplog.clear()
+                eng.set_params(strength=strength)
+                assert ("above this model's max_strength 0.08" in caplog.text) == (strength > 0.08)
+            frames[strength] = render(eng, image, prompt).astype(int)
+            assert eng.params.strength == strength  # the request itself is kept (and reported)
+    assert np.array_equal(frames[0.5], frames[0.08])
+    assert np.abs(frames[0.03] - frames[0.08]).mean() > 0.5  # below the top the strength still counts
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

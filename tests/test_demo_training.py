@@ -73,7 +73,7 @@ def test_the_training_script_runs_end_to_end_and_writes_a_loadable_folder(tmp_pa
     import json
     from pathlib import Path
 
-    from node_server.demo.styles import DEMO_STRENGTH
+    from node_server.demo.styles import DEMO_STRENGTH, TRAIN_STRENGTHS
     from node_server.models import load_model
     from node_server.models.loader import model_frame_size
 
@@ -85,13 +85,43 @@ def test_the_training_script_runs_end_to_end_and_writes_a_loadable_folder(tmp_pa
     assert train.main(["--device", "cpu", "--out", str(out), "--vae-steps", "1", "--steps", "1",
                        "--batch", "2", "--size", "64", "--minutes", "5"]) == 0
     settings = json.loads((out / "node_server.json").read_text())
-    assert settings == {"defaults": {"strength": DEMO_STRENGTH}, "size": FRAME_SIZE}
+    assert settings == {"defaults": {"strength": DEMO_STRENGTH}, "size": FRAME_SIZE,
+                        "max_strength": max(TRAIN_STRENGTHS)}
     assert model_frame_size(str(out)) == FRAME_SIZE == 256
     meta = json.loads((out / "training.json").read_text())
     assert meta["vae_steps"] == 1 and meta["main_steps"] == 1 and len(meta["eval"]) == len(STYLES)
+    # the default velocity scale is 1 / sigma of the default strength's one step (about 12.5 at 0.05)
+    assert meta["default_strength"] == DEMO_STRENGTH
+    assert meta["velocity_scale"] == pytest.approx(1 / train.default_sigma(build_demo(0), DEMO_STRENGTH), rel=1e-3)
     bundle = load_model(str(out), device="cpu", progress=False)
-    assert bundle.defaults == {"strength": DEMO_STRENGTH}
+    assert bundle.defaults == {"strength": DEMO_STRENGTH} and bundle.max_strength == max(TRAIN_STRENGTHS)
     assert list(bundle.unet.config.block_out_channels) == list(unet_config()["block_out_channels"])
+
+
+def test_the_velocity_scale_folded_into_the_saved_unet_gives_the_trained_output(untrained):
+    """Training multiplies the U-Net's output by K; the saved U-Net, K folded into its last
+    convolution, must give the engine's plain call that same output."""
+    import copy
+
+    train = _train_script()
+    unet = copy.deepcopy(untrained.unet)
+    latents = torch.randn(1, LATENT_CHANNELS, 8, 16, generator=torch.Generator().manual_seed(4))
+    cond = torch.randn(1, 5, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        trained = 12.5 * unet(latents, timestep=torch.tensor([80.0]), encoder_hidden_states=cond).sample
+        train.fold_velocity_scale(unet, 12.5)
+        saved = unet(latents, timestep=torch.tensor([80.0]), encoder_hidden_states=cond).sample
+    assert trained.abs().mean() > 0
+    torch.testing.assert_close(saved, trained, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_strength_arguments_are_refused_with_a_message(capsys):
+    train = _train_script()
+    for flag, value in (("--default-strength", "0"), ("--default-strength", "0.05,0.1"), ("--strengths", "0.1,x"),
+                        ("--strengths", "1.5")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--out", "o", flag, value])
+        assert "strength" in capsys.readouterr().err
 
 
 def test_procedural_batches_repeat_from_the_seed_and_differ_between_seeds():
@@ -174,3 +204,6 @@ def test_a_state_from_other_settings_or_without_fixed_steps_is_refused(tmp_path)
     assert train.main(common) == 0 and state.exists()  # paused after edit step 0
     with pytest.raises(SystemExit, match="other settings .*lr"):
         train.main(common + ["--lr", "1e-3"])
+    with pytest.raises(SystemExit, match="above the trained strengths"):
+        train.main(["--device", "cpu", "--out", str(tmp_path / "m2"), "--strengths", "0.03,0.05",
+                    "--default-strength", "0.1"])

@@ -222,7 +222,8 @@ def test_model_frame_size_is_read_without_loading(sized_model, tiny_model_dir, t
     assert model_frame_size("nobody/no-such-model") is None  # a hub id: not read ahead
     bad = tmp_path / "bad"
     bad.mkdir()
-    for text in ({"size": 100}, {"size": "256"}, {"sizes": 256}):
+    for text in ({"size": 100}, {"size": "256"}, {"sizes": 256}, {"max_strength": 0}, {"max_strength": 1.5},
+                 {"max_strength": "0.1"}, {"defaults": {"strength": 0.5}, "max_strength": 0.1}):
         (bad / "node_server.json").write_text(json.dumps(text))
         with pytest.raises(ModelLoadError, match="node_server.json"):
             model_frame_size(str(bad))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the embedded demo model (docs/DEMO_MODEL.md) within a wall-clock budget.
 
-    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 8.9 --out OUT/demo_model
+    PYTHONPATH=. python tools/train_demo_model.py --device cuda --minutes 8.5 --out OUT/demo_model
 
 Phases (fractions of the budget left after setup): the tiny autoencoder learns to reconstruct
 photos and their stylized versions; then the U-Net, the Qwen3-VL encoder and the autoencoder's
@@ -15,6 +15,13 @@ size), loaded back with the server's loader and evaluated with `StreamEngine` on
 
 With `--latent-rms R` the autoencoder's latents are held at a root-mean-square of R (off by
 default; see node_server/demo/model.py, LATENT_RMS).
+
+The engine's one step at strength s ends at `x_t - sigma(s) * v`, and the demo runs at a low
+strength (sigma 0.08), so a whole restyling needs a velocity of order 1/sigma. Training multiplies
+the U-Net's output by `--velocity-scale` (default 1/sigma of `--default-strength`) and folds that
+factor into its last convolution when saving: the network learns the style change at order one, and
+the saved folder is a plain DreamLite U-Net for the engine's unchanged call.
+
 The convolutions run in channels-last layout and, on a GPU, in bfloat16 autocast (`--precision`);
 the weights stay float32 and are saved as float32.
 """
@@ -41,9 +48,10 @@ from node_server.demo.model import FRAME_SIZE, build_demo  # noqa: E402
 from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # noqa: E402
 from node_server.engine.encoder import PromptEncoder  # noqa: E402
 
-# The edit phase's peak learning rate (U-Net). At 1e-3 the first runs sat on a plateau (loss ~0.9)
-# until the cosine decay brought it near 3e-4, then dropped fast (docs/DEMO_MODEL.md).
-MAIN_LR = 2e-4
+# The edit phase's peak learning rate (U-Net). Before the velocity scale, 1e-3 sat on a plateau
+# (loss ~0.9) until the cosine decay brought it near 3e-4; with it, 2e-4 < 4e-4 < 6e-4 in held-out
+# error (docs/DEMO_MODEL.md, fourth version).
+MAIN_LR = 6e-4
 TRAIN_PROMPT_TOKENS = 32  # valid conditioning is the same at any padded length (padding is masked)
 
 
@@ -70,6 +78,13 @@ def parse_args(argv=None):
                         "node_server/demo/styles.py TRAIN_STRENGTHS)")
     p.add_argument("--latent-channels", type=int, default=demo_model.LATENT_CHANNELS,
                    help="the autoencoder's latent channels (also the U-Net's in/out channels)")
+    p.add_argument("--default-strength", type=strength_value, default=DEMO_STRENGTH,
+                   help="the strength the model is made for: written to the folder's node_server.json "
+                        "(the default of serve and render) and used for its evaluation")
+    p.add_argument("--velocity-scale", type=float, default=None, metavar="K",
+                   help="the U-Net's output is multiplied by K in training and K is folded into its last "
+                        "convolution when saving (default: 1 / sigma of --default-strength, so the network "
+                        "learns the style change at order one instead of a velocity of order 1/sigma)")
     p.add_argument("--lr", type=float, default=MAIN_LR,
                    help="peak learning rate of the U-Net in the edit phase (the encoder and the decoder "
                         "take 0.3 of it); cosine decay to a tenth")
@@ -84,10 +99,20 @@ def parse_args(argv=None):
 
 
 def strength_list(text: str) -> tuple[float, ...]:
-    values = tuple(float(v) for v in text.split(",") if v.strip())
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
     if not values or not all(0.0 < v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"strengths must be numbers in (0, 1], got {text!r}")
     return values
+
+
+def strength_value(text: str) -> float:
+    values = strength_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one strength in (0, 1], got {text!r}")
+    return values[0]
 
 
 def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -282,7 +307,7 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
         with autocast(args):
             v = unet(layout(torch.cat([xt, src], dim=3), args), timestep=sched_t[k], encoder_hidden_states=embeds,
                      encoder_attention_mask=mask, return_dict=False)[0][..., :w]
-        x0 = xt - sigma * v.float()
+        x0 = xt - sigma * args.velocity_scale * v.float()
         loss_flow = F.mse_loss(x0, zt) / (demo_model.LATENT_RMS or 1.0) ** 2
         target = y * 2 - 1
         with autocast(args):
@@ -319,8 +344,25 @@ def evaluate(folder: Path, device) -> dict:
     return evaluate_folder(folder, device=device, images=[data.square(data.load_photo(n), 256) for n in data.HELD_OUT])
 
 
+def default_sigma(bundle, strength: float) -> float:
+    """The noise level of the engine's one step at `strength` for a FRAME_SIZE frame (its shifted
+    schedule; `StreamEngine` uses the same)."""
+    from node_server.engine.engine import flow_schedule
+
+    latent = FRAME_SIZE // 2 ** (len(bundle.vae.config.encoder_block_out_channels) - 1)
+    return flow_schedule(bundle.scheduler, 1, strength, (latent, latent)).sigmas[0]
+
+
+@torch.no_grad()
+def fold_velocity_scale(unet, scale: float) -> None:
+    """Training multiplies the U-Net's output by `scale`; the last convolution is linear, so scaling
+    its weight and bias gives the saved model the same output through the engine's plain call."""
+    unet.conv_out.weight.mul_(scale)
+    unet.conv_out.bias.mul_(scale)
+
+
 STATE_KEYS = ("seed", "batch", "size", "vae_steps", "steps", "strengths", "latent_channels", "lr", "grad_weight",
-              "latent_rms", "vae_fraction", "precision")
+              "latent_rms", "vae_fraction", "precision", "default_strength", "velocity_scale")
 
 
 def load_state(args, bundle, gen):
@@ -365,6 +407,9 @@ def main(argv=None) -> int:
                          "follows the same schedule")
     if args.pause_after is not None and args.state is None:
         raise SystemExit("--pause-after needs --state")
+    if args.default_strength > max(args.strengths):
+        raise SystemExit(f"--default-strength {args.default_strength} is above the trained strengths "
+                         f"(at most {max(args.strengths)}); the saved folder's max_strength is their maximum")
     clock = Clock(args.minutes)
     dev_name = args.device
     if dev_name == "auto":
@@ -394,6 +439,9 @@ def main(argv=None) -> int:
     bundle = build_demo(args.seed, device=device, latent_channels=args.latent_channels)
     set_layout((bundle.unet, bundle.vae), args.channels_last)
     counts = bundle.parameter_counts()
+    if args.velocity_scale is None:
+        args.velocity_scale = round(1.0 / default_sigma(bundle, args.default_strength), 4)
+    print(f"default strength {args.default_strength}, velocity scale {args.velocity_scale}", flush=True)
     print(f"photos: {len(bank)} training ({', '.join(data.TRAIN_PHOTOS)}); held out: {', '.join(data.HELD_OUT)}", flush=True)
     print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), flush=True)
 
@@ -421,6 +469,7 @@ def main(argv=None) -> int:
 
     set_layout((bundle.unet, bundle.vae), False)
     bundle.to("cpu")
+    fold_velocity_scale(bundle.unet, args.velocity_scale)
     save_bundle(bundle, out)
     # AutoencoderTiny writes a `block_out_channels` key that its own loader does not take (and warns about)
     vae_cfg = out / "vae" / "config.json"
@@ -431,15 +480,19 @@ def main(argv=None) -> int:
         "seed": args.seed, "device": str(device), "batch": args.batch, "crop": args.size,
         "precision": "bf16 autocast" if args.bf16 else "fp32", "grad_weight": args.grad_weight, "lr": args.lr,
         "latent_rms": args.latent_rms,
-        "train_strengths": list(args.strengths), "latent_channels": args.latent_channels, "parameters": counts,
+        "train_strengths": list(args.strengths), "default_strength": args.default_strength,
+        "velocity_scale": args.velocity_scale, "latent_channels": args.latent_channels, "parameters": counts,
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
         "train_seconds": round(clock.elapsed(), 1), "calls": calls, "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
-    # the model's own defaults for `serve` and `render` (node_server/models/loader.py reads them)
+    # the model's own defaults for `serve` and `render`, and the top of the strengths it was trained
+    # at: above it the one step overshoots into noise, so the engine stops there
+    # (node_server/models/loader.py reads them)
     (out / "node_server.json").write_text(
-        json.dumps({"defaults": {"strength": DEMO_STRENGTH}, "size": FRAME_SIZE}, indent=2) + "\n")
+        json.dumps({"defaults": {"strength": args.default_strength}, "size": FRAME_SIZE,
+                    "max_strength": max(args.strengths)}, indent=2) + "\n")
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     print(f"saved {out}: {sum(sizes.values()) / 1e6:.2f} MB in {len(sizes)} files, largest "
           f"{max(sizes.values()) / 1e6:.2f} MB", flush=True)

@@ -19,12 +19,13 @@ from . import ops
 
 # The demo model edits SDEdit-style: its one step starts from the frame's own latent mixed with
 # noise at this strength, so the picture is already in place and the small U-Net only has to
-# restyle it locally (see tools/train_demo_model.py). Its single step denoises as it restyles, and
-# what noise hides it can only guess at (a blur), so low strengths keep the most detail: training
-# draws its strength uniformly from TRAIN_STRENGTHS (0.2-0.25 most often), and the default, 0.15,
-# gave the lowest mean error on the held-out photos (docs/DEMO_MODEL.md, "Why strength 0.15").
-DEMO_STRENGTH = 0.15
-TRAIN_STRENGTHS = (0.1, 0.15, 0.2, 0.2, 0.25, 0.25, 0.3, 0.4)
+# restyle it locally (see tools/train_demo_model.py). What the noise hides, its single step can only
+# guess at (a blur), and this U-Net does not learn to copy the detail from the clean source half,
+# so the strength is low: 0.05 (a noise level of 0.08 against latents of about 0.65). Training
+# draws its strength uniformly from TRAIN_STRENGTHS and scales the U-Net's output so that so small
+# a step can still restyle the whole frame (`--velocity-scale`; docs/DEMO_MODEL.md, fourth version).
+DEMO_STRENGTH = 0.05
+TRAIN_STRENGTHS = (0.03, 0.04, 0.05, 0.05, 0.06, 0.08)
 
 
 @dataclass(frozen=True)

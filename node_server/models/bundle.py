@@ -62,4 +62,5 @@ class DreamLiteBundle(ModelBundle):
     vae: Any  # diffusers AutoencoderTiny
     scheduler: Any  # diffusers FlowMatchEulerDiscreteScheduler
     defaults: dict = field(default_factory=dict)  # the model's own parameter defaults (node_server.json)
+    max_strength: float = 1.0  # the highest strength it was trained for (node_server.json); see the engine
     family: str = field(default="dreamlite", init=False)

@@ -203,6 +203,7 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
         "vae": lambda: AutoencoderTiny.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=_HAS_ACCELERATE, **local),
         "scheduler": lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", **local),
     }
+    settings = _read_model_settings(folder)  # checked before the weights are read
     parts = load_parts(folder, loaders, progress)
     bundle = DreamLiteBundle(
         name=name or str(folder),
@@ -212,16 +213,20 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
         unet=parts["unet"],
         vae=parts["vae"],
         scheduler=parts["scheduler"],
-        defaults=_model_defaults(folder),
+        defaults=settings["defaults"],
+        max_strength=settings["max_strength"],
     )
     _check_token_ids(bundle, folder)
     return _finish(bundle, device, dtype)
 
 
 # A model folder's own settings for this server (optional):
-#   {"defaults": {"strength": 0.65}, "size": 256}
+#   {"defaults": {"strength": 0.05}, "size": 256, "max_strength": 0.08}
 # "defaults": parameter defaults (the engine fills them in for settings left at the global default);
-# "size": the frame size (a multiple of 32) `serve` and `render` use when no size is given.
+# "size": the frame size (a multiple of 32) `serve` and `render` use when no size is given;
+# "max_strength": the highest edit strength the model was trained for: the engine runs a higher
+# requested strength at this one (a model trained only at low strengths, like the demo model, turns
+# to noise above its range), and says so in the log.
 MODEL_DEFAULTS_FILE = "node_server.json"
 
 
@@ -230,31 +235,31 @@ def _read_model_settings(folder: Path) -> dict:
     file fails the load (or the command) with its path in the message."""
     path = Path(folder) / MODEL_DEFAULTS_FILE
     if not path.is_file():
-        return {}
+        return {"defaults": {}, "size": None, "max_strength": 1.0}
     try:
         raw = json.loads(path.read_text())
         if not isinstance(raw, dict):
             raise ValueError("expected a JSON object")
-        unknown = set(raw) - {"defaults", "size"}
+        unknown = set(raw) - {"defaults", "size", "max_strength"}
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; expected defaults, size")
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; expected defaults, size, max_strength")
         defaults = dict(raw.get("defaults", {}))
         from ..engine.params import Params
 
         Params().replace(**defaults)
+        max_strength = raw.get("max_strength", 1.0)
+        if isinstance(max_strength, bool) or not isinstance(max_strength, (int, float)) \
+                or not 0 < max_strength <= 1:
+            raise ValueError(f"max_strength must be a number in (0, 1], got {max_strength!r}")
+        if defaults.get("strength", 0) > max_strength:
+            raise ValueError(f"the default strength {defaults['strength']} is above max_strength {max_strength}")
         size = raw.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)
                                  or not 32 <= size <= 4096 or size % 32):
             raise ValueError(f"size must be a multiple of 32 in 32..4096, got {size!r}")
     except Exception as exc:
         raise ModelLoadError(f"{path}: bad model settings: {exc}") from None
-    return {"defaults": defaults, "size": size}
-
-
-def _model_defaults(folder: Path) -> dict:
-    """Parameter defaults a model folder asks for (`node_server.json`: {"defaults": {...}}), e.g. the
-    demo model's edit strength; checked like any parameter change, so a bad file fails the load."""
-    return _read_model_settings(folder).get("defaults", {})
+    return {"defaults": defaults, "size": size, "max_strength": float(max_strength)}
 
 
 def model_frame_size(spec: str | None = None) -> int | None:

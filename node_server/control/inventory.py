@@ -259,7 +259,9 @@ CONTROLS: tuple[Control, ...] = (
     Control(
         "/strength", "float", "f", "f, i", "0 < x <= 1",
         "How far each frame moves from the input: 1 = full edit, small values stay close to the "
-        "camera image. 0 is excluded (it would leave the frame unedited).",
+        "camera image. 0 is excluded (it would leave the frame unedited). A model may cap it at the "
+        "top of its training (`max_strength` in its folder; the demo model's is 0.08): a higher value "
+        "runs at the cap.",
         default=1.0, param="strength", minimum=0.0, maximum=1.0, min_exclusive=True,
     ),
     Control(

@@ -295,3 +295,20 @@ def test_reference_pipeline_output_visibly_depends_on_prompt_and_image(tiny_bund
     assert np.array_equal(base, run("make it snowy", img1))
     assert np.abs(base - run("turn it into a watercolor", img1)).max() > 10
     assert np.abs(base - run("make it snowy", img2)).max() > 10
+
+
+def test_a_quiet_load_prints_nothing_and_leaves_the_libraries_progress_bars_as_they_were(capfd):
+    """progress=False (tests, `render --quiet`) also silences transformers' and diffusers' own
+    "Loading weights" bars during the load, and switches them back on after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from node_server.models import load_model
+
+    capfd.readouterr()
+    load_model("demo", device="cpu", progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    assert transformers_logging.is_progress_bar_enabled() and diffusers_logging.is_progress_bar_enabled()
+    load_model("demo", device="cpu", progress=True)
+    assert "loading unet" in capfd.readouterr().err  # our own progress lines

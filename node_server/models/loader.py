@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -161,18 +162,38 @@ def load_parts(folder: Path, loaders: dict, progress: bool) -> dict:
     """Run each component's loader in order, showing progress; a failure names the component and
     the first line of the library's error (shared by DreamLite and SD folders)."""
     parts = {}
-    for i, (component, load) in enumerate(loaders.items(), 1):
-        step(f"loading {component} ({i}/{len(loaders)})...", enabled=progress)
-        try:
-            parts[component] = load()
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not load {component} from {str(folder / component)!r}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}; expected files written by save_pretrained"
-            ) from None
+    with _library_progress_bars(progress):
+        for i, (component, load) in enumerate(loaders.items(), 1):
+            step(f"loading {component} ({i}/{len(loaders)})...", enabled=progress)
+            try:
+                parts[component] = load()
+            except ModelLoadError:
+                raise
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"could not load {component} from {str(folder / component)!r}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}; expected files written by save_pretrained"
+                ) from None
     return parts
+
+
+@contextmanager
+def _library_progress_bars(enabled: bool):
+    """transformers and diffusers draw their own bars ("Loading weights: 100%|...") whatever our
+    `progress` says; with progress off (tests, `--quiet`) they are switched off for the load too."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    were = [lib.is_progress_bar_enabled() for lib in libraries]
+    if not enabled:
+        for lib in libraries:
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libraries, were):
+            (lib.enable_progress_bar if was else lib.disable_progress_bar)()
 
 
 def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name: str | None = None) -> DreamLiteBundle:

@@ -88,3 +88,34 @@ def test_incomplete_sd_folder_is_explained(tmp_path):
     shutil.rmtree(target / "unet")
     with pytest.raises(ModelLoadError, match="missing the component subfolder"):
         load_model(str(target), device="cpu", progress=False)
+
+
+def test_an_sd_folder_takes_its_node_server_json_defaults_and_max_strength(tmp_path, caplog):
+    """An SD folder's node_server.json works as a DreamLite folder's does: parameter defaults, and a
+    max_strength that a higher request runs at (with a warning)."""
+    import logging
+
+    import numpy as np
+
+    from node_server.engine.factory import build_engine
+    from node_server.models.sd import write_sd_model_folder
+
+    target = tmp_path / "sdt"
+    write_sd_model_folder(target, "sd-turbo-tiny")
+    (target / "node_server.json").write_text(json.dumps({"defaults": {"strength": 0.5}, "max_strength": 0.7}))
+    bundle = load_model(str(target), device="cpu", progress=False)
+    assert bundle.defaults == {"strength": 0.5} and bundle.max_strength == 0.7
+    frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    outs = {}
+    with build_engine(bundle, size=64) as eng:
+        assert eng.params.strength == 0.5  # the folder's default
+        eng.set_params(prompt="a cat")
+        for strength in (0.7, 0.4, 1.0):
+            with caplog.at_level(logging.WARNING, logger="node_server.engine"):
+                caplog.clear()
+                eng.set_params(strength=strength)
+                assert ("above this model's max_strength 0.7" in caplog.text) == (strength > 0.7)
+            for _ in range(3):  # past the first conditioning
+                outs[strength] = eng.step([frame], [0])[0].image.astype(int)
+    assert np.array_equal(outs[1.0], outs[0.7])
+    assert np.abs(outs[0.4] - outs[0.7]).mean() > 0.5

@@ -10,6 +10,7 @@ with `self.lllite.before` / `.after` (`engine/lllite_runner.py`).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional
 
@@ -19,6 +20,8 @@ import torch
 from ..progress import step as announce
 from .frames import check_size
 from .params import BATCH_RANGE, Params
+
+log = logging.getLogger("node_server.engine")
 
 
 class EngineBase:
@@ -33,6 +36,18 @@ class EngineBase:
             bundle.to(self.device, self.dtype)
         self.bundle = bundle
         self.unet, self.vae = bundle.unet, bundle.vae
+
+    def _schedule_strength(self, requested: float) -> float:
+        """The strength the schedule is built from: the request, held at the model folder's
+        `max_strength` (node_server.json; 1 when it names none). A model trained only at low
+        strengths, like the demo model, overshoots into noise above its range. The parameter keeps
+        the request, so `/status` and presets show what was asked."""
+        top = float(getattr(self.bundle, "max_strength", 1.0))
+        if requested <= top:
+            return requested
+        log.warning("strength %g is above this model's max_strength %g (the range it was trained for); "
+                    "running at %g", requested, top, top)
+        return top
 
     lllite = None  # an LLLiteRunner when the engine was started with an adapter
 

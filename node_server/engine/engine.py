@@ -8,7 +8,6 @@ its own thread/stream; `step` only ever waits for it before the very first condi
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -27,8 +26,6 @@ from .frames import to_device_batch, to_host_frames
 from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
 from .streams import Streams
-
-log = logging.getLogger("node_server.engine")
 
 
 @dataclass
@@ -121,8 +118,6 @@ class StreamEngine(EngineBase):
                                      compile=mode in ("default", "max-autotune"))
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
 
-        # a model trained only at low strengths (the demo model) runs a higher request at its top
-        self.max_strength = float(getattr(bundle, "max_strength", 1.0))
         self._lock = threading.Lock()
         self._params = Params()
         self._tokens = self.encoder.tokenize("")
@@ -162,11 +157,8 @@ class StreamEngine(EngineBase):
             tokens = self.encoder.tokenize(new.prompt)  # may raise ParamError: nothing applied yet
         schedule = self._schedule
         if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
-            strength = min(new.strength, self.max_strength)
-            if strength < new.strength:
-                log.warning("strength %g is above this model's max_strength %g (the range it was trained "
-                            "for); running at %g", new.strength, self.max_strength, strength)
-            schedule = flow_schedule(self.bundle.scheduler, new.steps, strength, self.latent_hw)
+            schedule = flow_schedule(self.bundle.scheduler, new.steps, self._schedule_strength(new.strength),
+                                     self.latent_hw)
         with self._lock:
             old = self._params
             self._params = new

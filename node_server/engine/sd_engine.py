@@ -268,7 +268,9 @@ class SDStreamEngine(EngineBase):
         self._inflight_meta: list[list] = []  # per stage 1..k-1: [(id, prompt) or None] * B
         self._stream_key = None
         self._closed = False
-        self._apply(params if params is not None else self._params)
+        if params is None:  # a model folder may ask for its own defaults (node_server.json)
+            params = self._params.replace(**(getattr(bundle, "defaults", None) or {}))
+        self._apply(params)
 
     # -- setup -----------------------------------------------------------------------------
     @staticmethod
@@ -300,7 +302,8 @@ class SDStreamEngine(EngineBase):
             tokens = self.encoder.tokenize(prompts)
         schedule = self._schedule
         if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
-            indices = self.fixed_indices or t_index_list(new.steps, new.strength, self.num_inference_steps)
+            indices = self.fixed_indices or t_index_list(new.steps, self._schedule_strength(new.strength),
+                                                         self.num_inference_steps)
             schedule = make_schedule(self.scheduler, indices, self.num_inference_steps)
         seeds, seed_weights = new.active_seeds()
         seed_key = (seeds, seed_weights)

@@ -69,6 +69,8 @@ class SDBundle(ModelBundle):
     unet: Any  # diffusers UNet2DConditionModel
     vae: Any  # diffusers AutoencoderTiny or AutoencoderKL
     scheduler: Any  # a diffusers scheduler (Euler-style or LCM)
+    defaults: dict = field(default_factory=dict)  # the model's own parameter defaults (node_server.json)
+    max_strength: float = 1.0  # the highest strength it was trained for (node_server.json)
     family: str = field(default="sd", init=False)
 
     @property
@@ -281,7 +283,7 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .loader import _HAS_ACCELERATE, _finish, default_device, default_dtype, load_parts
+    from .loader import _HAS_ACCELERATE, _finish, _read_model_settings, default_device, default_dtype, load_parts
 
     folder = Path(folder)
     device = torch.device(device) if device is not None else default_device()
@@ -317,8 +319,10 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
             folder, subfolder="vae", **model_kwargs),
         "scheduler": lambda: diffusers_class("scheduler", ()).from_pretrained(folder, subfolder="scheduler", **local),
     }
+    settings = _read_model_settings(folder)  # checked before the weights are read
     parts = load_parts(folder, loaders, progress)
-    bundle = SDBundle(name or str(folder), **parts)
+    bundle = SDBundle(name or str(folder), **parts, defaults=settings["defaults"],
+                      max_strength=settings["max_strength"])
     te_dim = bundle.text_encoder.config.hidden_size
     cross = bundle.unet.config.cross_attention_dim
     if te_dim != cross:

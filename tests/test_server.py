@@ -459,6 +459,21 @@ def test_encoder_failure_is_reported_and_frames_keep_flowing(live, monkeypatch):
     osc.send("/prompt", before)
 
 
+def test_a_server_failure_is_forwarded_during_a_flood_of_bad_inputs(live):
+    """What used to make test_encoder_failure_is_reported... flaky: the 1000 malformed frames of an
+    earlier test had used up the second's allowance when the encoder failure came."""
+    from node_server.server.app import ERRORS_PER_SECOND
+
+    app = live[0]
+    forwarded: list[str] = []
+    app.add_error_hook(forwarded.append)
+    for k in range(ERRORS_PER_SECOND + 5):
+        app.report_error(f"bad frame {k}")
+    app.report_server_error("conditioning encode failed: MemoryError")
+    assert "conditioning encode failed: MemoryError" in forwarded
+    assert len([r for r in forwarded if r.startswith("bad frame")]) <= ERRORS_PER_SECOND * 2  # limited
+
+
 def test_bad_osc_value_is_an_error_and_counted(live):
     app, _, osc, *_ = live
     before = app.status().errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-import time
 from typing import Any, Callable, TextIO
 
 from bridges.zmq_protocol import FrameHeader
@@ -20,12 +19,13 @@ from ..control.target import Status
 from ..engine.params import Params
 from ..progress import step as announce
 from .config import ServeConfig
+from .error_limit import INPUT, SERVER, ErrorRateLimit
 from .frame_loop import FrameLoop
 from .latest import LatestBuffer, Pending
 from .stats import Stats
 
 EngineFactory = Callable[["ServerApp", Params], Any]
-ERRORS_PER_SECOND = 20  # /error messages forwarded per second (all errors are still counted)
+ERRORS_PER_SECOND = 20  # /error messages forwarded per second and source (all errors are still counted)
 
 
 def default_engine_factory(app: "ServerApp", params: Params) -> Any:
@@ -85,7 +85,7 @@ class ServerApp:
         self.feedback: Any = None
         self.oscquery: Any = None
         self.presets: Any = None
-        self._error_window = (0.0, 0)  # (second, forwarded in it)
+        self._error_limit = ErrorRateLimit(ERRORS_PER_SECOND)
         self._error_hooks: list[Callable[[str], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class ServerApp:
                 self.spout_in = SpoutReceiver(cfg.spout_in, self.submit_frame, on_error=self.report_error,
                                               on_event=event)
             if cfg.spout_out is not None:
-                self.spout_out = SpoutSender(cfg.spout_out, on_error=self.report_error, on_event=event)
+                self.spout_out = SpoutSender(cfg.spout_out, on_error=self.report_server_error, on_event=event)
         except SpoutUnavailable as exc:
             raise NodeServerError(f"--spout-in/--spout-out: {exc}") from None
 
@@ -185,7 +185,7 @@ class ServerApp:
                 self.stats,
                 batch_size=lambda: engine.params.batch_size,
                 paused=lambda: self._paused,
-                on_error=self.report_error,
+                on_error=self.report_server_error,
             )
             self.stats.set_state("paused" if self._paused else "running")
             self.loop.start()
@@ -234,23 +234,24 @@ class ServerApp:
             try:
                 sink(fields, image)
             except Exception as exc:
-                self.report_error(f"publish failed: {exc}")
+                self.report_server_error(f"publish failed: {exc}")
 
-    def report_error(self, reason: str) -> None:
-        """Count a malformed input and forward it as `/error` (rate-limited to ERRORS_PER_SECOND)."""
+    def report_error(self, reason: str, source: str = INPUT) -> None:
+        """Count an error and forward it as `/error`, at most ERRORS_PER_SECOND a second per source:
+        a malformed input (the default) or the server's own failure (`report_server_error`)."""
         self.stats.add_error()
-        sec = int(time.monotonic())
-        start, n = self._error_window
-        if sec != start:
-            start, n = sec, 0
-        self._error_window = (start, n + 1)
-        if n >= ERRORS_PER_SECOND:
+        if not self._error_limit.allow(source):
             return
         for hook in list(self._error_hooks):
             try:
                 hook(reason)
             except Exception:
                 pass
+
+    def report_server_error(self, reason: str) -> None:
+        """A failure of the server itself (engine step, conditioning encode, an output): forwarded
+        even while a client floods it with bad inputs."""
+        self.report_error(reason, SERVER)
 
     def add_error_hook(self, hook: Callable[[str], None]) -> None:
         """Also call `hook(reason)` for every forwarded error (tests, embedding programs)."""

@@ -122,6 +122,11 @@ def test_bad_strength_arguments_are_refused_with_a_message(capsys):
         with pytest.raises(SystemExit):
             train.parse_args(["--out", "o", flag, value])
         assert "strength" in capsys.readouterr().err
+    for value in ("0", "-2", "nan", "x"):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--out", "o", "--velocity-scale", value])
+        assert "positive number" in capsys.readouterr().err
+    assert train.parse_args(["--out", "o", "--velocity-scale", "12.5"]).velocity_scale == 12.5
 
 
 def test_procedural_batches_repeat_from_the_seed_and_differ_between_seeds():

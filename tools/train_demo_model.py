@@ -49,8 +49,8 @@ from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # no
 from node_server.engine.encoder import PromptEncoder  # noqa: E402
 
 # The edit phase's peak learning rate (U-Net). Before the velocity scale, 1e-3 sat on a plateau
-# (loss ~0.9) until the cosine decay brought it near 3e-4; with it, 2e-4 < 4e-4 < 6e-4 in held-out
-# error (docs/DEMO_MODEL.md, fourth version).
+# (loss ~0.9) until the cosine decay brought it near 3e-4; with it, the held-out error fell from
+# 0.062 at 2e-4 to 0.060 at 4e-4 and 0.058 at 6e-4 (docs/DEMO_MODEL.md, fourth version).
 MAIN_LR = 6e-4
 TRAIN_PROMPT_TOKENS = 32  # valid conditioning is the same at any padded length (padding is masked)
 
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--default-strength", type=strength_value, default=DEMO_STRENGTH,
                    help="the strength the model is made for: written to the folder's node_server.json "
                         "(the default of serve and render) and used for its evaluation")
-    p.add_argument("--velocity-scale", type=float, default=None, metavar="K",
+    p.add_argument("--velocity-scale", type=positive_float, default=None, metavar="K",
                    help="the U-Net's output is multiplied by K in training and K is folded into its last "
                         "convolution when saving (default: 1 / sigma of --default-strength, so the network "
                         "learns the style change at order one instead of a velocity of order 1/sigma)")
@@ -106,6 +106,16 @@ def strength_list(text: str) -> tuple[float, ...]:
     if not values or not all(0.0 < v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"strengths must be numbers in (0, 1], got {text!r}")
     return values
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a positive number, got {text!r}")
+    return value
 
 
 def strength_value(text: str) -> float:

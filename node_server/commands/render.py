@@ -136,12 +136,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.factory import build_engine
     from ..models import DEFAULT_MODEL, load_model
-    from ..models.loader import DEFAULT_FRAME_SIZE, model_frame_size
+    from ..models.loader import frame_size_for
 
     spec = args.model or DEFAULT_MODEL
     if size is None:  # the model folder's own size (node_server.json), else the global default
-        own = model_frame_size(spec)
-        size = (own, own) if own else (DEFAULT_FRAME_SIZE, DEFAULT_FRAME_SIZE)
+        size = (frame_size_for(spec),) * 2
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
     engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,

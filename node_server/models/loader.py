@@ -299,6 +299,12 @@ def model_frame_size(spec: str | None = None) -> int | None:
     return _read_model_settings(folder).get("size")
 
 
+def frame_size_for(spec: str | None = None) -> int:
+    """The square frame size `serve` and `render` use for `spec` when none is given: the model
+    folder's own (`model_frame_size`), else DEFAULT_FRAME_SIZE."""
+    return model_frame_size(spec) or DEFAULT_FRAME_SIZE
+
+
 def _check_token_ids(bundle: DreamLiteBundle, folder: Path) -> None:
     """The encoder finds the image by token id: tokenizer and config must agree or outputs are silently wrong."""
     cfg = bundle.text_encoder.config

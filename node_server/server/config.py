@@ -156,9 +156,9 @@ def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfi
 
     check_lllite(values)  # before a model loads: a missing adapter file fails at once
     if "size" not in values:  # read from the model folder without loading the model
-        from ..models.loader import DEFAULT_FRAME_SIZE, model_frame_size
+        from ..models.loader import frame_size_for
 
-        config.size = model_frame_size(config.model) or DEFAULT_FRAME_SIZE
+        config.size = frame_size_for(config.model)
     return config
 
 

@@ -127,6 +127,38 @@ def test_bad_strength_arguments_are_refused_with_a_message(capsys):
             train.parse_args(["--out", "o", "--velocity-scale", value])
         assert "positive number" in capsys.readouterr().err
     assert train.parse_args(["--out", "o", "--velocity-scale", "12.5"]).velocity_scale == 12.5
+    for flag, value in (("--focus", "-0.1"), ("--focus", "1.5"), ("--focus", "x"), ("--unet-channels", "48,96"),
+                        ("--unet-channels", "48,96,130"), ("--unet-channels", "8,16,16"), ("--unet-channels", "a,b,c")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--out", "o", flag, value])
+        assert flag in capsys.readouterr().err
+    args = train.parse_args(["--out", "o", "--focus", "0.5", "--unet-channels", "64,96,128"])
+    assert args.focus == 0.5 and args.unet_channels == (64, 96, 128)
+
+
+def test_the_style_focus_draws_the_styles_furthest_from_their_targets_more_often():
+    """`--focus`: with one style's running error four times the others', it is drawn far more often;
+    with focus 0 the draw is the uniform one the earlier runs used, step for step."""
+    import random
+
+    train = _train_script()
+    errors = [0.05] * len(STYLES)
+    errors[3] = 0.2
+    counts = [0] * len(STYLES)
+    rng = random.Random(0)
+    for _ in range(2000):
+        picked = train.pick_styles(rng, errors, 4, 1.0)
+        assert len(set(picked)) == 4  # distinct styles per step
+        for s in picked:
+            counts[s] += 1
+    assert counts[3] > 1.5 * max(c for i, c in enumerate(counts) if i != 3)
+    a, b = random.Random(5), random.Random(5)
+    assert [train.pick_styles(a, errors, 4, 0.0) for _ in range(20)] == [b.sample(range(len(STYLES)), 4) for _ in range(20)]
+    unseen = [None] * len(STYLES)  # before any error is known: uniform
+    assert len(set(train.pick_styles(random.Random(1), unseen, 4, 1.0))) == 4
+    train.update_style_errors(unseen, [2, 7], [0.3, 0.1])
+    train.update_style_errors(unseen, [2], [0.1])
+    assert unseen[2] == pytest.approx(0.95 * 0.3 + 0.05 * 0.1) and unseen[7] == 0.1 and unseen[0] is None
 
 
 def test_procedural_batches_repeat_from_the_seed_and_differ_between_seeds():
@@ -178,7 +210,9 @@ def test_a_paused_and_resumed_run_ends_with_the_same_weights_as_an_uninterrupted
     from safetensors.torch import load_file
 
     train = _train_script()
-    common = ["--device", "cpu", "--vae-steps", "2", "--steps", "3", "--batch", "2", "--size", "64", "--minutes", "5"]
+    # (with the style focus on, whose running errors must carry over too, and a smaller U-Net)
+    common = ["--device", "cpu", "--vae-steps", "2", "--steps", "3", "--batch", "2", "--size", "64", "--minutes", "5",
+              "--focus", "0.5", "--unet-channels", "32,64,64"]
     assert train.main(common + ["--out", str(tmp_path / "whole")]) == 0
     state = tmp_path / "run.state"
     split = common + ["--out", str(tmp_path / "split"), "--state", str(state), "--pause-after", "2"]
@@ -196,6 +230,13 @@ def test_a_paused_and_resumed_run_ends_with_the_same_weights_as_an_uninterrupted
 
     meta = json.loads((tmp_path / "split" / "training.json").read_text())
     assert meta["calls"] == 2 and meta["vae_steps"] == 2 and meta["main_steps"] == 3
+    # the running per-style errors (what --focus draws by) carried over the pause
+    whole_meta = json.loads((tmp_path / "whole" / "training.json").read_text())
+    assert meta["main_style_errors"] == whole_meta["main_style_errors"]
+    assert sum(e is not None for e in meta["main_style_errors"].values()) >= 2
+    assert meta["focus"] == 0.5 and meta["unet_channels"] == [32, 64, 64]
+    unet_cfg = json.loads((tmp_path / "split" / "unet" / "config.json").read_text())
+    assert unet_cfg["block_out_channels"] == [32, 64, 64]
 
 
 def test_a_state_from_other_settings_or_without_fixed_steps_is_refused(tmp_path):

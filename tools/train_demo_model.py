@@ -52,6 +52,7 @@ from node_server.engine.encoder import PromptEncoder  # noqa: E402
 # (loss ~0.9) until the cosine decay brought it near 3e-4; with it, the held-out error fell from
 # 0.062 at 2e-4 to 0.060 at 4e-4 and 0.058 at 6e-4 (docs/DEMO_MODEL.md, fourth version).
 MAIN_LR = 6e-4
+STYLE_FOCUS = 0.0  # --focus: see pick_styles
 TRAIN_PROMPT_TOKENS = 32  # valid conditioning is the same at any padded length (padding is masked)
 
 
@@ -88,6 +89,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=MAIN_LR,
                    help="peak learning rate of the U-Net in the edit phase (the encoder and the decoder "
                         "take 0.3 of it); cosine decay to a tenth")
+    p.add_argument("--focus", type=unit_fraction, default=STYLE_FOCUS, metavar="F",
+                   help="share of each step's style draw made in proportion to the styles' running errors, so "
+                        "the hard styles (line drawings, pixel art) get more steps; 0 draws uniformly")
+    p.add_argument("--unet-channels", type=unet_channels, default=demo_model.UNET_CHANNELS, metavar="A,B,C",
+                   help="the U-Net's channels at its three levels (default %(default)s; the level-0 width costs "
+                        "CPU frame time, see docs/DEMO_MODEL.md)")
     p.add_argument("--state", default=None, metavar="FILE",
                    help="resumable run: with fixed --vae-steps and --steps, stop when --minutes runs out "
                         "(or after --pause-after steps), save the training state to FILE and exit; the same "
@@ -116,6 +123,30 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"a positive number, got {text!r}")
     return value
+
+
+def unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a number in [0, 1], got {text!r}")
+    return value
+
+
+def unet_channels(text: str) -> tuple[int, ...]:
+    """Three widths, multiples of 8 (the U-Net's group norm has 8 groups) that split into whole
+    attention heads at the two attention levels."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v >= 16 and v % 8 == 0 for v in values) or any(
+            v % max(1, v // demo_model.HEAD_SIZE) for v in values[1:]):
+        raise argparse.ArgumentTypeError(
+            f"three comma-separated channel counts, multiples of 8 of at least 16, got {text!r}")
+    return values
 
 
 def strength_value(text: str) -> float:
@@ -243,6 +274,30 @@ def apply_styles(x, idx):
     return _apply(x, idx)
 
 
+def pick_styles(rng: random.Random, errors: list, k: int, focus: float) -> list[int]:
+    """`k` distinct styles for one step. With `focus` 0, uniformly (the earlier runs' draw, kept
+    exactly); with focus f, each draw is (1 - f) uniform and f in proportion to the styles' running
+    errors (`errors`; None for a style not seen yet counts as the mean of the others), so the styles
+    furthest from their targets get more of the training."""
+    if focus <= 0:
+        return rng.sample(range(len(errors)), k)
+    seen = [e for e in errors if e is not None]
+    known = [e if e is not None else (sum(seen) / len(seen) if seen else 1.0) for e in errors]
+    total = sum(known) or 1.0
+    weights = [(1 - focus) / len(known) + focus * e / total for e in known]
+    pool, chosen = list(range(len(known))), []
+    for _ in range(k):
+        i = rng.choices(range(len(pool)), weights=[weights[s] for s in pool])[0]
+        chosen.append(pool.pop(i))
+    return chosen
+
+
+def update_style_errors(errors: list, chosen: list[int], group_errors: list[float], rate: float = 0.05) -> None:
+    """Running (exponential) mean of each style's image error, in place; a style's first value starts it."""
+    for s, e in zip(chosen, group_errors):
+        errors[s] = e if errors[s] is None else (1 - rate) * errors[s] + rate * e
+
+
 def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: float, resume=None):
     unet, vae, te = bundle.unet, bundle.vae, bundle.text_encoder
     vae.eval().requires_grad_(False)
@@ -271,17 +326,19 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
     n_groups = 4 if args.batch >= 8 else 2
     losses = {}
     rng = random.Random(args.seed + 7)
+    style_errors = [None] * len(STYLES)  # running image error per style (pick_styles)
     if resume is not None:
         opt.load_state_dict(resume["opt"])
         losses = dict(resume["losses"])
         rng.setstate(resume["rng"])
+        style_errors = list(resume["style_errors"])
     stepper = Stepper(args, clock, args.steps, until, pause_at, start=resume["step"] if resume else 0)
     for step, progress in stepper:
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * lr_factor(progress, step, warmup=100)
         n = args.batch
         x = data.training_batch(bank, n, args.size, gen)
-        chosen = rng.sample(range(len(STYLES)), n_groups)
+        chosen = pick_styles(rng, style_errors, n_groups, args.focus)
         per = [n // n_groups + (1 if k < n % n_groups else 0) for k in range(n_groups)]
         idx = torch.cat([torch.full((c,), s, device=device, dtype=torch.long) for s, c in zip(chosen, per)])
         with torch.no_grad(), autocast(args):
@@ -330,6 +387,9 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        with torch.no_grad():
+            sample_err = (out.float() - target).abs().mean(dim=(1, 2, 3)) / 2  # MAE in [0, 1] units
+            update_style_errors(style_errors, chosen, torch.stack([c.mean() for c in sample_err.split(per)]).tolist())
         for k, val in (("loss", loss), ("pix", loss_pix), ("flow", loss_flow), ("rec", loss_rec)):
             val = val.item()
             losses[k] = 0.9 * losses.get(k, val) + 0.1 * val
@@ -337,12 +397,15 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
             print(f"[main] step {step} t={clock.elapsed():.0f}s " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                   flush=True)
     if stepper.paused:
-        return {"step": stepper.step, "opt": opt.state_dict(), "losses": losses, "rng": rng.getstate()}
+        return {"step": stepper.step, "opt": opt.state_dict(), "losses": losses, "rng": rng.getstate(),
+                "style_errors": style_errors}
+    print("[main] running image error per style: " + ", ".join(
+        f"{st.name} {'-' if e is None else f'{e:.3f}'}" for st, e in zip(STYLES, style_errors)), flush=True)
     print(f"[main] done: {stepper.step} steps, final (smoothed) " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
           flush=True)
     for m in (unet, te, vae):
         m.eval().requires_grad_(False)
-    return stepper.step, losses
+    return stepper.step, losses, style_errors
 
 
 @torch.no_grad()
@@ -372,7 +435,7 @@ def fold_velocity_scale(unet, scale: float) -> None:
 
 
 STATE_KEYS = ("seed", "batch", "size", "vae_steps", "steps", "strengths", "latent_channels", "lr", "grad_weight",
-              "latent_rms", "vae_fraction", "precision", "default_strength", "velocity_scale")
+              "latent_rms", "vae_fraction", "precision", "default_strength", "velocity_scale", "focus", "unet_channels")
 
 
 def load_state(args, bundle, gen):
@@ -446,7 +509,8 @@ def main(argv=None) -> int:
           f"crop {args.size}, {'bf16 autocast' if args.bf16 else 'fp32'}, latent rms {args.latent_rms}", flush=True)
 
     bank = data.photo_bank(device=device)
-    bundle = build_demo(args.seed, device=device, latent_channels=args.latent_channels)
+    bundle = build_demo(args.seed, device=device, latent_channels=args.latent_channels,
+                        unet_channels=args.unet_channels)
     set_layout((bundle.unet, bundle.vae), args.channels_last)
     counts = bundle.parameter_counts()
     if args.velocity_scale is None:
@@ -472,7 +536,7 @@ def main(argv=None) -> int:
     result = train_main(bundle, bank, args, gen, clock, clock.budget - reserve, device, pause_at, resume=resume)
     if isinstance(result, dict):
         return save_state(args, bundle, gen, "main", dict(result, vae_steps=vae_steps, vae_loss=vae_loss, calls=calls))
-    main_steps, losses = result
+    main_steps, losses, style_errors = result
 
     out = Path(args.out)
     from node_server.models.synthetic import save_bundle
@@ -492,8 +556,10 @@ def main(argv=None) -> int:
         "latent_rms": args.latent_rms,
         "train_strengths": list(args.strengths), "default_strength": args.default_strength,
         "velocity_scale": args.velocity_scale, "latent_channels": args.latent_channels, "parameters": counts,
+        "focus": args.focus, "unet_channels": list(args.unet_channels),
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
+        "main_style_errors": {st.name: None if e is None else round(e, 5) for st, e in zip(STYLES, style_errors)},
         "train_seconds": round(clock.elapsed(), 1), "calls": calls, "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -37,11 +37,11 @@ UNET_CHANNELS = (48, 96, 128)  # latent resolution 32x64, 16x32 and 8x16 for a 2
 HEAD_SIZE = 32  # channels per attention head
 
 
-def unet_config(latent_channels: int = LATENT_CHANNELS) -> dict:
+def unet_config(latent_channels: int = LATENT_CHANNELS, channels: tuple[int, ...] = UNET_CHANNELS) -> dict:
     return dict(
         in_channels=latent_channels,
         out_channels=latent_channels,
-        block_out_channels=UNET_CHANNELS,
+        block_out_channels=tuple(channels),
         down_block_types=("DreamLiteDownBlock2D", "DreamLiteCrossAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
         up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnUpBlock2D", "DreamLiteUpBlock2D"),
         mid_block_type="DreamLiteUNetMidBlock2DCrossAttn",
@@ -50,7 +50,7 @@ def unet_config(latent_channels: int = LATENT_CHANNELS) -> dict:
         cross_attention_dim=64,  # the tiny encoder's hidden size
         # diffusers' `attention_head_dim` is the number of heads per level (its historical naming):
         # heads of HEAD_SIZE channels, one per level 0 (which has no attention)
-        attention_head_dim=tuple(max(1, c // HEAD_SIZE) for c in UNET_CHANNELS),
+        attention_head_dim=tuple(max(1, c // HEAD_SIZE) for c in channels),
         ff_mult=2,
     )
 
@@ -65,7 +65,8 @@ def vae_config(latent_channels: int = LATENT_CHANNELS) -> dict:
     )
 
 
-def build_demo(seed: int = 0, device="cpu", latent_channels: int = LATENT_CHANNELS) -> DreamLiteBundle:
+def build_demo(seed: int = 0, device="cpu", latent_channels: int = LATENT_CHANNELS,
+               unet_channels: tuple[int, ...] = UNET_CHANNELS) -> DreamLiteBundle:
     """An untrained demo model (random weights from `seed`), the starting point of training."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscreteScheduler
     from transformers import Qwen3VLForConditionalGeneration
@@ -74,7 +75,7 @@ def build_demo(seed: int = 0, device="cpu", latent_channels: int = LATENT_CHANNE
     torch.manual_seed(seed)
     text_encoder = Qwen3VLForConditionalGeneration(text_encoder_config("tiny", tokenizer))
     torch.manual_seed(seed + 1)
-    unet = DreamLiteUNetModel(**unet_config(latent_channels))
+    unet = DreamLiteUNetModel(**unet_config(latent_channels, unet_channels))
     torch.manual_seed(seed + 2)
     vae = AutoencoderTiny(**vae_config(latent_channels))
     _calibrate_vae(vae, seed)  # latents of std ~1 and visible decoded contrast from the start

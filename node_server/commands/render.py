@@ -98,7 +98,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def _build_params(args):
     from ..engine.params import Params
 
-    from .lllite_args import param_changes
+    from ..server.lllite_settings import param_changes
 
     changes = {"prompt": args.prompt, **param_changes(vars(args))}
     for name in ("seed", "steps", "strength", "batch_size", "refresh"):
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.encoder_size < 32 or args.encoder_size % 32:
         raise ParamError("encoder_size", f"must be a positive multiple of 32, got {args.encoder_size}")
     params = _build_params(args)
-    from .lllite_args import check_lllite, engine_options
+    from ..server.lllite_settings import check_lllite, engine_options
 
     check_lllite(vars(args))
     source = open_source(args.input)

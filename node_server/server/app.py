@@ -33,7 +33,7 @@ def default_engine_factory(app: "ServerApp", params: Params) -> Any:
     from ..engine.factory import build_engine
     from ..models import load_model
 
-    from ..commands.lllite_args import engine_options
+    from .lllite_settings import engine_options
 
     bundle = load_model(app.model, device=app.device, progress=app.progress)
     return build_engine(bundle, params, size=app.config.size, device=app.device,
@@ -67,7 +67,7 @@ class ServerApp:
         self._params = Params()
         if config.batch_size is not None:
             self._params = self._params.replace(batch_size=config.batch_size)
-        from ..commands.lllite_args import param_changes
+        from .lllite_settings import param_changes
 
         self._params = self._params.replace(**param_changes(dataclasses.asdict(config)))
         self._engine: Any = None

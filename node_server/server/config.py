@@ -152,7 +152,7 @@ def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfi
             values[key] = _check(key, value, "--" + key.replace("_", "-"))
     config = ServeConfig(**values)
     check_frame_paths(config)
-    from ..commands.lllite_args import check_lllite
+    from .lllite_settings import check_lllite
 
     check_lllite(values)  # before a model loads: a missing adapter file fails at once
     if "size" not in values:  # read from the model folder without loading the model

@@ -218,6 +218,7 @@ def test_a_paused_and_resumed_run_ends_with_the_same_weights_as_an_uninterrupted
     split = common + ["--out", str(tmp_path / "split"), "--state", str(state), "--pause-after", "2"]
     assert train.main(split) == 0  # autoencoder steps 0-1, then edit steps 0-1: paused
     assert state.exists() and not (tmp_path / "split").exists()
+    first_call_seconds = torch.load(state, weights_only=False)["seconds_by_call"]
     assert train.main(split) == 0  # edit step 2, then save and evaluate
     assert not state.exists()  # a finished run leaves no state behind
     for part in ("unet", "vae", "text_encoder"):
@@ -235,6 +236,10 @@ def test_a_paused_and_resumed_run_ends_with_the_same_weights_as_an_uninterrupted
     assert meta["main_style_errors"] == whole_meta["main_style_errors"]
     assert sum(e is not None for e in meta["main_style_errors"].values()) >= 2
     assert meta["focus"] == 0.5 and meta["unet_channels"] == [32, 64, 64]
+    # the wall-clock time counts both calls (what the 20-minute training budget is measured by)
+    assert len(first_call_seconds) == 1 and meta["train_seconds_by_call"][0] == round(first_call_seconds[0], 1)
+    assert len(meta["train_seconds_by_call"]) == 2
+    assert meta["train_seconds"] == pytest.approx(sum(meta["train_seconds_by_call"]), abs=0.11)
     unet_cfg = json.loads((tmp_path / "split" / "unet" / "config.json").read_text())
     assert unet_cfg["block_out_channels"] == [32, 64, 64]
 

@@ -525,17 +525,20 @@ def main(argv=None) -> int:
     pause_at = clock.budget - reserve
     resume = load_state(args, bundle, gen)
     calls = (resume or {}).get("calls", 0) + 1  # device calls this run has taken (resumable runs)
+    earlier = list((resume or {}).get("seconds_by_call", []))  # the earlier calls' wall-clock seconds
     if resume is None or resume["phase"] == "vae":
         result = train_vae(bundle.vae, bank, args, gen, clock, vae_until, pause_at, resume=resume)
         if isinstance(result, dict):
-            return save_state(args, bundle, gen, "vae", dict(result, calls=calls))
+            return save_state(args, bundle, gen, "vae",
+                              dict(result, calls=calls, seconds_by_call=earlier + [clock.elapsed()]))
         vae_steps, vae_loss = result
         resume = None
     else:
         vae_steps, vae_loss = resume["vae_steps"], resume["vae_loss"]
     result = train_main(bundle, bank, args, gen, clock, clock.budget - reserve, device, pause_at, resume=resume)
     if isinstance(result, dict):
-        return save_state(args, bundle, gen, "main", dict(result, vae_steps=vae_steps, vae_loss=vae_loss, calls=calls))
+        return save_state(args, bundle, gen, "main", dict(result, vae_steps=vae_steps, vae_loss=vae_loss, calls=calls,
+                                                                 seconds_by_call=earlier + [clock.elapsed()]))
     main_steps, losses, style_errors = result
 
     out = Path(args.out)
@@ -560,7 +563,10 @@ def main(argv=None) -> int:
         "vae_steps": vae_steps, "main_steps": main_steps, "vae_final_loss": round(vae_loss, 5),
         "main_final_losses": {k: round(v, 5) for k, v in losses.items()},
         "main_style_errors": {st.name: None if e is None else round(e, 5) for st, e in zip(STYLES, style_errors)},
-        "train_seconds": round(clock.elapsed(), 1), "calls": calls, "torch": torch.__version__,
+        # wall-clock seconds up to the save (the evaluation follows), summed over the calls
+        "train_seconds": round(sum(earlier) + clock.elapsed(), 1),
+        "train_seconds_by_call": [round(t, 1) for t in earlier + [clock.elapsed()]], "calls": calls,
+        "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     # the model's own defaults for `serve` and `render`, and the top of the strengths it was trained

@@ -30,11 +30,11 @@ HELD_OUT = ("coffee", "rocket", "camera")
 # Largest accepted error of a style's output against its own target (see docs/DEMO_MODEL.md,
 # "Measured quality": the trained model's errors plus headroom).
 MAX_OWN_MAE = {
-    "pencil-sketch": 0.125, "sepia": 0.065, "blueprint": 0.105, "thermal": 0.06, "pixel-art": 0.11,
-    "invert": 0.075, "watercolor": 0.085, "neon": 0.115, "night-vision": 0.045, "emboss": 0.105,
+    "pencil-sketch": 0.115, "sepia": 0.06, "blueprint": 0.095, "thermal": 0.055, "pixel-art": 0.09,
+    "invert": 0.065, "watercolor": 0.08, "neon": 0.10, "night-vision": 0.045, "emboss": 0.095,
 }
 # The own target must be clearly nearer than any other style's target: own <= RATIO * nearest other
-# (the shipped model's largest ratio is 0.57).
+# (the shipped model's largest ratio is 0.41).
 MAX_RATIO = 0.8
 # Styles the shipped model does not yet tell apart (a strict xfail each, documented in
 # docs/DEMO_MODEL.md); the retrained model separates all ten, so none.

@@ -367,8 +367,14 @@ def main(argv=None) -> int:
         rows += run_peers(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # two runs of one commit must not overwrite each other: the model and the frame size join the
+    # name when they are not the defaults (the earlier files' names stay valid)
     stamp = (f"{meta['date']}-{meta['gpu'].replace(' ', '_')}-{args.commit}-{args.points.replace(',', '')}"
-             f"-enc{args.encoder_size}")  # two runs of one commit must not overwrite each other
+             f"-enc{args.encoder_size}")
+    if args.model != "synthetic:paper":
+        stamp += "-" + "".join(c if c.isalnum() or c in "._" else "_" for c in args.model)
+    if args.size != 512:
+        stamp += f"-{args.size}px"
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = markdown(meta, rows)
     (out / f"{stamp}.md").write_text(md)

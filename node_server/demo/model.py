@@ -2,7 +2,7 @@
 256x256 and >= 5 fps.
 
 Sizes were chosen by timing (see docs/DEMO_MODEL.md): the tiny Qwen3-VL encoder (vision tower
-included) of `synthetic:tiny`; a three-level `DreamLiteUNetModel` with attention (self + cross) at
+included) of `synthetic:tiny`; a three-level `DreamLiteUNetModel` (64/96/128 channels) with attention (self + cross) at
 its two lower resolutions and in the mid block; an `AutoencoderTiny` with 24 channels and 16
 latent channels (8 in the earlier versions: 16 halves its reconstruction error on held-out photos'
 styled versions, the ceiling of what the U-Net can draw, for about 10 ms more per CPU frame).
@@ -34,7 +34,7 @@ LATENT_RMS = None
 # node_server.json ("size"), so `serve` and `render` use it when no --size is given.
 FRAME_SIZE = 256
 # latent resolution 32x64, 16x32 and 8x16 for a 256 frame; 64 at the top level since the fifth version
-# (48 before): within the CPU timing noise, and it carries pixel art's per-latent-pixel blocks
+# (48 before; its CPU cost is within the timing noise, see docs/DEMO_MODEL.md)
 UNET_CHANNELS = (64, 96, 128)
 HEAD_SIZE = 32  # channels per attention head
 

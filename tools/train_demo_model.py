@@ -117,21 +117,23 @@ def strength_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
+    """The flag's number, or NaN (which every range check below refuses)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = float("nan")
+        return float("nan")
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"a positive number, got {text!r}")
     return value
 
 
 def unit_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a number in [0, 1], got {text!r}")
     return value

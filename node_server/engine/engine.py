@@ -22,6 +22,7 @@ from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
+from .factory import with_model_defaults
 from .frames import to_device_batch, to_host_frames
 from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
@@ -129,7 +130,7 @@ class StreamEngine(EngineBase):
         self._batches = 0
         self._closed = False
         if params is None:  # a model folder may ask for its own defaults (node_server.json)
-            params = Params().replace(**(getattr(bundle, "defaults", None) or {}))
+            params = with_model_defaults(bundle, None)
         self._apply(params)
 
     # -- parameters ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ..progress import step as announce
 from .base import EngineBase
 from .conditioning import Conditioning, ConditioningWorker
 from .engine import FrameOut
+from .factory import with_model_defaults
 from .frames import to_device_batch, to_uint8_hwc
 from .params import Params
 from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key
@@ -269,7 +270,7 @@ class SDStreamEngine(EngineBase):
         self._stream_key = None
         self._closed = False
         if params is None:  # a model folder may ask for its own defaults (node_server.json)
-            params = self._params.replace(**(getattr(bundle, "defaults", None) or {}))
+            params = with_model_defaults(bundle, None)
         self._apply(params)
 
     # -- setup -----------------------------------------------------------------------------

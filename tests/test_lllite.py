@@ -1,5 +1,6 @@
-"""ControlNet-LLLite in the U-Net's module tree: equal to a plain eager LLLite, one graph with no
-breaks, no recompiles on strength or conditioning changes, kohya file names, block subsets."""
+"""ControlNet-LLLite in the U-Net's module tree: equal to dreamlite-lllite's forward (an independent
+eager re-implementation, tests/lllite_reference.py) and to kohya's for SD, one graph with no breaks,
+no recompiles on strength or conditioning changes, the edit layout, block subsets, the runner."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import torch
 import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
-from lllite_reference import ReferenceLLLite
+from lllite_reference import ReferenceLLLite, UpstreamController, save_like_upstream
 from node_server.engine.denoiser import Denoiser
 from node_server.engine.lllite import LLLite, LLLiteProjection
-from node_server.errors import ModelLoadError, ParamError
-from node_server.models.lllite_file import module_names, read_lllite, synth_hooks, write_lllite
+from node_server.errors import ParamError
+from node_server.models.lllite_file import read_lllite, synth_hooks, write_lllite
 
-H = W = 64  # frame size; the edit U-Net's input stands for H x 2W
+H = W = 64  # frame size; the edit U-Net's input is H x 2W latents' worth
 
 
 @pytest.fixture()
@@ -43,22 +44,35 @@ def call(den, fn, inputs):
         return fn(lat, src, emb, mask, den.time_ids(lat.shape[0], "cpu"), torch.tensor(700.0), torch.tensor(-0.7))
 
 
-def cond_image(n: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, 3, H, 2 * W, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+def cond_image(n: int = 2, seed: int = 1, size: int = H) -> torch.Tensor:
+    """A square conditioning image in [-1, 1] (dreamlite-lllite's `set_cond_image` input)."""
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def upstream_file(unet, path, seed: int = 0, up_std: float = 0.05, **kw):
+    """A file exactly as dreamlite-lllite saves one, from the reference controller (not attached)."""
+    ctrl = UpstreamController(unet, cond_image_size=H, sample_size=H // 8, **kw).randomize(seed, up_std)
+    save_like_upstream(ctrl, path)
+    return ctrl
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_in_tree_lllite_equals_the_eager_reference(den, compiled):
-    hooks = synth_hooks(den.unet, blocks="all", up_std=0.1)
+def test_in_tree_lllite_equals_the_upstream_forward(den, tmp_path, compiled):
+    ctrl = upstream_file(den.unet, tmp_path / "a.safetensors")
     inputs, image = step_inputs(), cond_image()
     plain = call(den, den.unet_step, inputs)
 
-    ref = ReferenceLLLite(den.unet, hooks, image, multiplier=0.7)
-    expected = call(den, den.unet_step, inputs)
-    ref.remove()
+    ctrl.set_cond_image(image)
+    ctrl.set_multiplier(0.7)
+    ctrl.attach()
+    with torch.no_grad():
+        expected = call(den, den.unet_step, inputs)
+    ctrl.remove()
     assert (expected - plain).abs().mean() > 1e-2, "the adapter must change the step for this test to mean anything"
 
-    adapter = LLLite(den.unet, hooks, (H, 2 * W), max_rows=4)
+    hooks = read_lllite(tmp_path / "a.safetensors", den.unet)
+    assert len(hooks) == len(ctrl.modules_dict) == 19  # every target of the tiny U-Net
+    adapter = LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=4)
     adapter.refresh(image)
     adapter.set_strength(0.7)
     fn = torch.compile(den.unet_step, backend="aot_eager", fullgraph=True) if compiled else den.unet_step
@@ -69,9 +83,24 @@ def test_in_tree_lllite_equals_the_eager_reference(den, compiled):
     torch.testing.assert_close(call(den, den.unet_step, inputs), plain, rtol=0, atol=0)
 
 
+def test_the_embedding_covers_the_target_half_and_is_zero_on_the_source_half(den):
+    hooks = synth_hooks(den.unet, blocks="all")
+    adapter = LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=2)
+    image = cond_image()
+    adapter.refresh(image)
+    for m in adapter.modules:
+        level = 0 if m.path.startswith("down_blocks.0.") or m.path.startswith("up_blocks.1.") else 1
+        h = H // (8 * 2 ** level)
+        grid = m.emb[:2].view(2, h, 2 * h, -1)  # rows of target then source tokens
+        assert torch.count_nonzero(grid[:, :, h:]) == 0, m.path
+        want = m.conditioning1(image).permute(0, 2, 3, 1)  # [n, h, w, c]
+        torch.testing.assert_close(grid[:, :, :h], want)
+        assert torch.count_nonzero(grid[:, :, :h]) > 0
+
+
 def test_unet_plus_adapter_is_one_graph_with_no_breaks(den):
     hooks = synth_hooks(den.unet, blocks="all")
-    adapter = LLLite(den.unet, hooks, (H, 2 * W), max_rows=4)
+    adapter = LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=4)
     adapter.refresh(cond_image())
     lat, src, emb, mask = step_inputs()
     explained = torch._dynamo.explain(den.unet_step)(
@@ -82,7 +111,7 @@ def test_unet_plus_adapter_is_one_graph_with_no_breaks(den):
 
 
 def test_strength_and_refresh_change_the_output_without_recompiling(den):
-    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="all", up_std=0.1), (H, 2 * W), max_rows=4)
+    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="all", up_std=0.1), (H, W), edit_layout=True, max_rows=4)
     counter = CompileCounter()
     compiled = torch.compile(den.unet_step, backend=counter, fullgraph=True)
     inputs = step_inputs()
@@ -100,9 +129,8 @@ def test_strength_and_refresh_change_the_output_without_recompiling(den):
 
 
 def test_a_batch_reads_the_first_rows_of_the_buffers(den):
-    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, 2 * W), max_rows=4)
-    image = cond_image(n=4)
-    adapter.refresh(image)
+    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, W), edit_layout=True, max_rows=4)
+    adapter.refresh(cond_image(n=4))
     lat, src, emb, mask = step_inputs(n=4)
     four = call(den, den.unet_step, (lat, src, emb, mask))
     two = call(den, den.unet_step, (lat[:2], src[:2], emb[:2], mask[:2]))
@@ -112,72 +140,55 @@ def test_a_batch_reads_the_first_rows_of_the_buffers(den):
 def test_blocks_subset_hooks_only_those_blocks(den):
     hooks = synth_hooks(den.unet, blocks="all")
     assert {h.group for h in hooks} == {"down", "mid", "up"}
-    adapter = LLLite(den.unet, hooks, (H, 2 * W), max_rows=2, blocks="down")
-    hooked = [p for p, m in den.unet.named_modules() if isinstance(m, LLLiteProjection)]
-    assert hooked and all(p.startswith("down_blocks.") for p in hooked)
-    assert sorted(hooked) == sorted(h.path for h in hooks if h.group == "down")
-    adapter.detach()
+    for spelling in ("down", "down_blocks"):  # ours, and the paper runtime's --lllite_blocks value
+        adapter = LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=2, blocks=spelling)
+        hooked = [p for p, m in den.unet.named_modules() if isinstance(m, LLLiteProjection)]
+        assert sorted(hooked) == sorted(h.path for h in hooks if h.group == "down") and hooked
+        adapter.detach()
     with pytest.raises(ParamError, match="hooks none"):
-        LLLite(den.unet, [h for h in hooks if h.group == "down"], (H, 2 * W), max_rows=2, blocks="up")
+        LLLite(den.unet, [h for h in hooks if h.group == "down"], (H, W), edit_layout=True, max_rows=2, blocks="up")
     with pytest.raises(ParamError, match="lllite_blocks"):
-        LLLite(den.unet, hooks, (H, 2 * W), max_rows=2, blocks="middle")
+        LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=2, blocks="middle")
 
 
-def test_file_round_trip_and_errors(den, tmp_path, tiny_bundle):
-    hooks = synth_hooks(den.unet, blocks="down,mid", seed=3)
-    path = write_lllite(tmp_path / "a.safetensors", hooks)
-    back = read_lllite(path, den.unet)
-    assert [h.path for h in back] == sorted(h.path for h in hooks)
-    by_name = {h.name: h for h in hooks}
-    for h in back:
-        for k, v in h.tensors.items():
-            assert torch.equal(v, by_name[h.name].tensors[k])
-
-    with pytest.raises(ModelLoadError, match="not found"):
-        read_lllite(tmp_path / "missing.safetensors", den.unet)
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelLoadError, match="readable"):
-        read_lllite(junk, den.unet)
-
+def test_each_format_only_on_its_own_u_net(den, tmp_path):
     from node_server.models import build_synthetic_sd
 
+    kohya = synth_hooks(den.unet, fmt="kohya")
+    with pytest.raises(ParamError, match="kohya-format .* for SD-class"):
+        LLLite(den.unet, kohya, (H, W), edit_layout=True, max_rows=2)
     sd_unet = build_synthetic_sd("sd-turbo-tiny", seed=0).unet
-    foreign = write_lllite(tmp_path / "sd.safetensors", synth_hooks(sd_unet, ldm_names=True))
-    with pytest.raises(ModelLoadError, match="another model"):
-        read_lllite(foreign, den.unet)
-
-    wrong = copy.copy(hooks[0])  # a level-0 hook given a depth-2 conditioning CNN
-    wrong.tensors = dict(hooks[0].tensors, **{"conditioning1.2.weight": torch.zeros(32, 16, 4, 4)})
-    with pytest.raises(ParamError, match="depth"):
-        LLLite(den.unet, [wrong], (H, 2 * W), max_rows=2)
+    dreamlite = synth_hooks(sd_unet, fmt="dreamlite")
+    with pytest.raises(ParamError, match="dreamlite-lllite .* DreamLite edit U-Net"):
+        LLLite(sd_unet, dreamlite, (H, W), edit_layout=False, max_rows=2)
+    assert not any(isinstance(m, LLLiteProjection) for m in den.unet.modules())
 
 
-def test_kohya_ldm_names_resolve_to_the_diffusers_modules():
-    """kohya's SD files name modules by the original LDM layout; the SD 1.5 U-Net's known pairs."""
-    from diffusers import UNet2DConditionModel
+def test_kohya_adapter_on_sd_equals_kohya_forward(tmp_path):
+    """kohya's layout stays for SD-class U-Nets: the CNN sees the frame, no padding."""
+    from node_server.models import build_synthetic_sd
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel()  # the library defaults are SD 1.5's layout
-    names = module_names(unet)
-    pairs = {
-        "input_blocks_1_1_transformer_blocks_0_attn1_to_q": "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-        "input_blocks_2_1_transformer_blocks_0_attn1_to_k": "down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_k",
-        "input_blocks_4_1_transformer_blocks_0_attn2_to_q": "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q",
-        "input_blocks_8_1_transformer_blocks_0_attn1_to_v": "down_blocks.2.attentions.1.transformer_blocks.0.attn1.to_v",
-        "middle_block_1_transformer_blocks_0_attn1_to_q": "mid_block.attentions.0.transformer_blocks.0.attn1.to_q",
-        "output_blocks_3_1_transformer_blocks_0_attn1_to_q": "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
-        "output_blocks_11_1_transformer_blocks_0_attn2_to_q": "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_q",
-    }
-    for ldm, path in pairs.items():
-        assert names["lllite_unet_" + ldm] == path
-    assert names["lllite_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_q"] == \
-        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"
-    with torch.device("meta"):  # per-block layer counts: no LDM numbering, diffusers names only
-        per_block = UNet2DConditionModel(layers_per_block=[2, 2, 2, 2])
-    names = module_names(per_block)
-    assert not any(n.startswith("lllite_unet_input_blocks_") for n in names)
-    assert "lllite_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in names
+    unet = build_synthetic_sd("sd-turbo-tiny", seed=0).unet
+    hooks = read_lllite(write_lllite(tmp_path / "k.safetensors", synth_hooks(unet, up_std=0.2)), unet)
+    assert all(h.fmt == "kohya" and h.name.startswith(("lllite_unet_input_blocks_", "lllite_unet_middle_block_",
+                                                       "lllite_unet_output_blocks_")) for h in hooks)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 64, generator=g)
+    image = cond_image()
+
+    def run():
+        with torch.no_grad():
+            return unet(x, torch.tensor(500.0), encoder_hidden_states=text, return_dict=False)[0]
+
+    plain = run()
+    ref = ReferenceLLLite(unet, hooks, image)
+    expected = run()
+    ref.remove()
+    assert (expected - plain).abs().mean() > 1e-3
+    adapter = LLLite(unet, hooks, (H, W), edit_layout=False, max_rows=2)
+    adapter.refresh(image)
+    torch.testing.assert_close(run(), expected, rtol=1e-4, atol=1e-5)
+    adapter.detach()
 
 
 def test_sd_engine_runs_a_kohya_named_adapter(tmp_path):
@@ -185,7 +196,7 @@ def test_sd_engine_runs_a_kohya_named_adapter(tmp_path):
     from node_server.models import build_synthetic_sd
 
     bundle = build_synthetic_sd("sd-turbo-tiny", seed=0)
-    hooks = synth_hooks(bundle.unet, blocks="down,mid", ldm_names=True, up_std=0.2)
+    hooks = synth_hooks(bundle.unet, blocks="down,mid", up_std=0.2)
     assert all(h.name.startswith(("lllite_unet_input_blocks_", "lllite_unet_middle_block_")) for h in hooks)
     path = write_lllite(tmp_path / "sd.safetensors", hooks)
     rng = np.random.default_rng(0)
@@ -211,7 +222,8 @@ def _engine_frames(n: int, seed: int) -> list[np.ndarray]:
 
 def test_temporal_refresh_runs_every_n_batches_on_the_warped_previous_output(tiny_bundle):
     """Refresh on batches 0, 3, 6; buffers untouched in between; a refresh's conditioning image is
-    the previous batch's last output warped (by flow between the input frames) toward each frame."""
+    the previous batch's last output warped (by flow between the input frames) toward each frame,
+    alone (the source half of the embedding stays zero)."""
     from node_server.engine.engine import StreamEngine
     from node_server.engine.frames import to_device_batch
     from node_server.engine.lllite_runner import _flow_for
@@ -240,22 +252,42 @@ def test_temporal_refresh_runs_every_n_batches_on_the_warped_previous_output(tin
     prev_in = to_device_batch(inputs[2][-1:], (H, W), "cpu")
     prev_out = torch.from_numpy(outputs[2][-1]).permute(2, 0, 1)[None].float() / 255
     warped = _flow_for((H, W))(x, prev_in, prev_out)
-    image = torch.cat([warped, x], dim=3) * 2 - 1
-    torch.testing.assert_close(snapshots[3], module.embed(image), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(snapshots[3], module.embed(warped * 2 - 1), rtol=1e-4, atol=1e-5)
     # ... and it is not what the frame itself (the first batch's source) would give
-    plain = module.embed(torch.cat([x, x], dim=3) * 2 - 1)
-    assert (snapshots[3] - plain).abs().max() > 1e-3
+    assert (snapshots[3] - module.embed(x * 2 - 1)).abs().max() > 1e-3
     engine.close()
     assert not any(isinstance(m, LLLiteProjection) for m in bundle.unet.modules())
 
 
+def test_an_adapter_trained_at_another_conditioning_size_gets_its_own_size(den, tmp_path):
+    """dreamlite-lllite lets `cond_image_size` differ from the frame (stride = size / block); the
+    conditioning image is resized to stride x block grid, the only size its CNN maps onto the grid."""
+    from node_server.engine.lllite_runner import LLLiteRunner
+
+    ctrl = UpstreamController(den.unet, cond_image_size=2 * H, sample_size=H // 8).randomize(0)
+    save_like_upstream(ctrl, tmp_path / "big.safetensors")
+    hooks = read_lllite(tmp_path / "big.safetensors", den.unet)
+    assert {h.stride for h in hooks} == {16, 32}
+    adapter = LLLite(den.unet, hooks, (H, W), edit_layout=True, max_rows=2)
+    assert adapter.cond_hw == (2 * H, 2 * W)
+    runner = LLLiteRunner(adapter, (H, W), source="frame")
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        runner.before(x, 1.0, 1)
+        big = torch.nn.functional.interpolate(x, size=(2 * H, 2 * W), mode="bilinear", align_corners=False)
+        ctrl.set_cond_image(big * 2 - 1)
+    for m in adapter.modules:
+        torch.testing.assert_close(m.emb[:2], ctrl.modules_dict[m.name].cond_emb, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
-def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle):
-    """On a GPU: the compiled, graph-captured engine with a temporal adapter gives the eager
-    engine's frames, through strength changes and refreshes, without a second capture."""
+def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle, tmp_path):
+    """On a GPU: the compiled, graph-captured engine with a dreamlite-lllite file (down blocks, as
+    the paper runs it) gives the eager engine's frames, through strength changes and temporal
+    refreshes, with one capture and no recompile."""
     from node_server.engine.engine import StreamEngine
 
-    hooks = synth_hooks(tiny_bundle.unet, blocks="down,mid", up_std=0.1)
+    upstream_file(tiny_bundle.unet, tmp_path / "t.safetensors", up_std=0.1)
     results = {}
     for mode in ("off", "default"):
         bundle = copy.copy(tiny_bundle)
@@ -263,7 +295,8 @@ def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle):
         bundle.vae = copy.deepcopy(tiny_bundle.vae).cuda()
         bundle.text_encoder = copy.deepcopy(tiny_bundle.text_encoder).cuda()
         engine = StreamEngine(bundle, size=H, device="cuda", dtype=torch.float32, compile=mode, progress=False,
-                              lllite=hooks, lllite_source="temporal")
+                              lllite=str(tmp_path / "t.safetensors"), lllite_blocks="down", lllite_source="temporal")
+        assert len(engine.lllite.lllite.modules) == 5  # the tiny U-Net's down-block targets
         engine.set_params(prompt="a cat", batch_size=2, lllite_refresh=2)
         engine.warmup(progress=False)
         outs = []
@@ -284,9 +317,9 @@ def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compil
     """A compile on a live refresh stalls the show (seconds); the warm-up must have done them all."""
     from node_server.engine.lllite_runner import LLLiteRunner
 
-    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, 2 * W), max_rows=4)
+    adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, W), edit_layout=True, max_rows=4)
     counter = CompileCounter()
-    runner = LLLiteRunner(adapter, (H, W), edit_layout=True, source="temporal", compile=counter)
+    runner = LLLiteRunner(adapter, (H, W), source="temporal", compile=counter)
     with torch.enable_grad():  # the warm-up runs outside the engine step's no_grad
         runner.compile_ahead(2)
     assert counter.frame_count == 2  # the first-batch path and the temporal path
@@ -311,7 +344,7 @@ def test_engine_warm_up_leaves_no_compile_for_live_refreshes(tiny_bundle):
     engine = StreamEngine(bundle, size=H, progress=False, lllite=synth_hooks(bundle.unet, blocks="down"))
     engine.set_params(prompt="a cat", batch_size=2, lllite_refresh=2)
     counter = CompileCounter()
-    engine.lllite = LLLiteRunner(engine.lllite.lllite, (H, W), edit_layout=True, compile=counter)
+    engine.lllite = LLLiteRunner(engine.lllite.lllite, (H, W), compile=counter)
     engine.warmup(progress=False)
     compiled = counter.frame_count
     for b in range(6):

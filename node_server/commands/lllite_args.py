@@ -8,10 +8,11 @@ import argparse
 
 def add_lllite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lllite", default=None, metavar="FILE",
-                   help="a ControlNet-LLLite .safetensors adapter for the model's U-Net (kohya-ss format; "
-                        "node-server synth-lllite writes a random one)")
+                   help="a ControlNet-LLLite .safetensors adapter for the model's U-Net (dreamlite-lllite's format "
+                        "for DreamLite, kohya-ss's for SD; node-server synth-lllite writes a random one)")
     p.add_argument("--lllite-blocks", default=None, metavar="BLOCKS",
-                   help="hook only these parts of the adapter: all (default) or a comma list of down, mid, up")
+                   help="hook only these parts of the adapter: all (default) or a comma list of down, mid, up "
+                        "(the paper's runtime: down)")
     p.add_argument("--lllite-refresh", type=int, default=None, metavar="N",
                    help="run the adapter's conditioning (flow + CNNs) every N batches (default 1; OSC /lllite/refresh)")
     p.add_argument("--lllite-strength", type=float, default=None, metavar="F",

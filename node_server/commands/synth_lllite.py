@@ -1,8 +1,10 @@
 """`node-server synth-lllite OUT.safetensors --model M [--blocks down]`: write a random ControlNet-LLLite adapter.
 
-The file has the kohya-ss format (docs/LLLITE.md) and hooks the default targets (self-attention
-q/k/v and cross-attention q) of the chosen blocks of the model's U-Net, so `render` and `serve`
-can run the adapter path and the benchmark can time it without a trained adapter. Only the U-Net's
+The file has the format the model's U-Net takes (docs/LLLITE.md): for DreamLite, the
+`dreamlite-lllite` controller's state dict (`modules_dict.<path with __>.*`, float32, its metadata
+keys), over every target its `apply_lllite` would hook, so any tool of that ecosystem reads it; for
+SD-class models, kohya-ss's names. Its `up` weights are random and non-zero (upstream zero-initialises
+them), so `render` and `serve` show the adapter acting and the benchmark times it. Only the U-Net's
 layout is read (on the meta device): a paper-size model costs no memory.
 """
 
@@ -20,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo",
                         help="the model it is for: demo (default), synthetic:tiny|paper|sd-turbo-tiny|sd-turbo|"
                         "sd-turbo-kl, or a model folder")
-    parser.add_argument("--blocks", default="down,mid",
-                        help="U-Net parts to hook: all, or a comma list of down, mid, up (default down,mid, "
-                        "kohya's default)")
+    parser.add_argument("--blocks", default=None,
+                        help="U-Net parts to hook: all, or a comma list of down, mid, up (default: all for DreamLite, "
+                        "as dreamlite-lllite trains; down,mid for SD, kohya's default). `--lllite-blocks` narrows "
+                        "the hook set again at load")
     parser.add_argument("--cond-dim", type=int, default=32, help="conditioning embedding channels (default 32)")
     parser.add_argument("--mlp-dim", type=int, default=64, help="adapter rank (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same file)")
@@ -64,22 +67,29 @@ def unet_skeleton(spec: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.lllite_file import synth_hooks, write_lllite
+    from ..engine.lllite import parse_blocks
+    from ..models.lllite_file import default_format, synth_hooks, write_lllite
     from ..progress import step
 
     if args.cond_dim < 2 or args.cond_dim % 2 or args.mlp_dim < 1:
         raise ModelLoadError("--cond-dim must be an even number >= 2 and --mlp-dim at least 1")
     unet, cls = unet_skeleton(args.model)
-    step(f"writing a random ControlNet-LLLite adapter for {args.model} ({args.blocks})...")
-    hooks = synth_hooks(unet, blocks=args.blocks, cond_dim=args.cond_dim, mlp_dim=args.mlp_dim, seed=args.seed,
-                        ldm_names=cls == "UNet2DConditionModel")
-    path = write_lllite(args.out, hooks, {"model": args.model, "blocks": args.blocks, "seed": args.seed,
-                                          "note": "random weights (node-server synth-lllite)"})
+    fmt = default_format(unet)
+    blocks = args.blocks or ("all" if fmt == "dreamlite" else "down,mid")
+    parse_blocks(blocks)  # a bad list fails before anything is built
+    step(f"writing a random ControlNet-LLLite adapter ({'dreamlite-lllite' if fmt == 'dreamlite' else 'kohya'} "
+         f"format) for {args.model} ({blocks})...")
+    hooks = synth_hooks(unet, fmt=fmt, blocks=blocks, cond_dim=args.cond_dim, mlp_dim=args.mlp_dim, seed=args.seed)
+    # the metadata keys dreamlite-lllite's training scripts write (strings), plus what made it
+    metadata = {"kind": "random", "cond_emb_dim": args.cond_dim, "mlp_dim": args.mlp_dim, "step": 0,
+                "model": args.model, "blocks": blocks, "seed": args.seed,
+                "note": "random weights (node-server synth-lllite)"}
+    path = write_lllite(args.out, hooks, metadata)
     params = sum(t.numel() for h in hooks for t in h.tensors.values())
     groups = {}
     for h in hooks:
         groups[h.group] = groups.get(h.group, 0) + 1
-    print(f"wrote {path.resolve()}: {len(hooks)} hooks ({', '.join(f'{g} {n}' for g, n in groups.items())}), "
+    print(f"wrote {path.resolve()}: {len(hooks)} modules ({', '.join(f'{g} {n}' for g, n in groups.items())}), "
           f"{params:,} parameters")
     print(f"use it with: --model {args.model} --lllite {path}")
     return 0

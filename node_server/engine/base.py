@@ -62,10 +62,9 @@ class EngineBase:
         from .lllite_runner import LLLiteRunner
 
         hooks = list(file) if isinstance(file, (list, tuple)) else read_lllite(file, self.unet)
-        h, w = self.size
-        adapter = LLLite(self.unet, hooks, (h, 2 * w) if edit_layout else (h, w), max_rows=BATCH_RANGE[1],
+        adapter = LLLite(self.unet, hooks, self.size, edit_layout=edit_layout, max_rows=BATCH_RANGE[1],
                          blocks=blocks)
-        self.lllite = LLLiteRunner(adapter, self.size, edit_layout=edit_layout, source=source, compile=compiled)
+        self.lllite = LLLiteRunner(adapter, self.size, source=source, compile=compiled)
 
     @property
     def params(self) -> Params:

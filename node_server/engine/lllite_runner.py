@@ -10,8 +10,11 @@ the U-Net's fixed buffers for the batches in between. The conditioning image is
   batch, with nothing shown yet, uses the frame itself.
 - `frame`: the current input frame (an adapter trained on the camera image).
 
-For an edit U-Net, whose input is target and source side by side, the conditioning image is laid
-out the same way: the conditioning image beside the source frame.
+The conditioning image enters the CNNs in [-1, 1] at the adapter's conditioning size (`cond_hw`:
+each CNN's stride times its block's grid, the frame size for adapters trained as `dreamlite-lllite`
+and kohya train them; resized when it differs). On an edit U-Net, whose input is target and source
+side by side, the embeddings cover the target half only and are zero on the source half
+(`LLLiteProjection.embed`), as `dreamlite-lllite` lays them out.
 
 Everything here runs on the main stream between frames: strength changes fill one device scalar,
 refreshes rewrite buffer contents, so the captured denoiser graph never changes.
@@ -44,14 +47,12 @@ def _flow_for(size: tuple[int, int]):
 
 
 class LLLiteRunner:
-    def __init__(self, lllite: LLLite, size: tuple[int, int], *, edit_layout: bool, source: str = "temporal",
-                 compile=False):
+    def __init__(self, lllite: LLLite, size: tuple[int, int], *, source: str = "temporal", compile=False):
         """`compile`: False (eager), True (Inductor) or a `torch.compile` backend (tests)."""
         if source not in SOURCES:
             raise ParamError("lllite_source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
         self.lllite = lllite
         self.size = size
-        self.edit_layout = edit_layout
         self.source = source
         self.flow = None
         if source == "temporal":
@@ -70,16 +71,19 @@ class LLLiteRunner:
             self._plain = torch.compile(self._plain_embeddings, fullgraph=True, dynamic=False, backend=backend)
 
     # -- the two conditioning images (pure functions of tensors; compiled on a GPU) ---------
-    def _layout(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        image = torch.cat([cond, x], dim=3) if self.edit_layout else cond
-        return image * 2 - 1
+    def _layout(self, cond: torch.Tensor) -> torch.Tensor:
+        """[n,3,H,W] in [0, 1] at the frame size -> the CNNs' input: [-1, 1] at `cond_hw`."""
+        if tuple(cond.shape[-2:]) != tuple(self.lllite.cond_hw):
+            cond = torch.nn.functional.interpolate(cond, size=self.lllite.cond_hw, mode="bilinear",
+                                                   align_corners=False, antialias=False)
+        return cond * 2 - 1
 
     def _plain_embeddings(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.lllite.embeddings(self._layout(x, x))
+        return self.lllite.embeddings(self._layout(x))
 
     def _temporal_embeddings(self, x: torch.Tensor, prev_in: torch.Tensor, prev_out: torch.Tensor) -> list[torch.Tensor]:
         warped = self.flow(x.float(), prev_in, prev_out).to(x.dtype)
-        return self.lllite.embeddings(self._layout(warped, x))
+        return self.lllite.embeddings(self._layout(warped))
 
     # -- per batch -------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,7 +10,8 @@ from ..errors import ModelLoadError
 
 
 def check_lllite(values: dict[str, Any]) -> None:
-    """Fail early and clearly: a missing file, bad blocks, or LLLite settings without a file."""
+    """Fail early and clearly: a missing or unreadable file, bad blocks, or LLLite settings without
+    a file. (The file's shapes are checked against the U-Net once the model has loaded.)"""
     from ..engine.lllite import parse_blocks
 
     file = values.get("lllite")
@@ -21,6 +22,9 @@ def check_lllite(values: dict[str, Any]) -> None:
         return
     if not Path(file).expanduser().is_file():
         raise ModelLoadError(f"LLLite file not found: {file}")
+    from ..models.lllite_file import probe_lllite
+
+    probe_lllite(Path(file).expanduser())  # not an adapter file: fail now, not after the model loads
     parse_blocks(values.get("lllite_blocks"))
     source = values.get("lllite_source")
     if source is not None and source not in ("temporal", "frame"):

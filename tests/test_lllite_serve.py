@@ -1,5 +1,6 @@
-"""A synthetic ControlNet-LLLite adapter through the commands: `synth-lllite`, `render --lllite`,
-and `serve --lllite` with `/lllite/strength` and `/lllite/refresh` over OSC (loopback sockets)."""
+"""ControlNet-LLLite through the commands on the tiny DreamLite model: a file saved the way
+dreamlite-lllite saves one, with `render --lllite` and `serve --lllite` (`/lllite/strength`,
+`/lllite/refresh` over OSC, loopback sockets); `synth-lllite` writing that format."""
 
 from __future__ import annotations
 
@@ -8,19 +9,42 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors import safe_open
 
 from bridges.zmq_client import ZmqClient
+from lllite_reference import UpstreamController, save_like_upstream
 from node_server.cli import main
 from node_server.server.config import ServeConfig
 from test_server import SIZE, Osc, _frame, _stream
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lllite") / "tiny.safetensors"
-    assert main(["synth-lllite", str(path), "--model", "synthetic:tiny", "--blocks", "down,mid"]) == 0
+def adapter(tmp_path_factory, tiny_bundle):
+    """A dreamlite-lllite file for the tiny U-Net's layout (all 19 targets, non-zero `up`)."""
+    path = tmp_path_factory.mktemp("lllite") / "temporal_lllite_step000010.safetensors"
+    ctrl = UpstreamController(tiny_bundle.unet, cond_image_size=SIZE, sample_size=SIZE // 8).randomize(1, up_std=0.1)
+    save_like_upstream(ctrl, path)
     return path
+
+
+def test_synth_lllite_writes_dreamlite_lllite_files_for_dreamlite_models(tmp_path, tiny_bundle, capsys):
+    path = tmp_path / "synth.safetensors"
+    assert main(["synth-lllite", str(path), "--model", "synthetic:tiny"]) == 0
+    assert "19 modules (down 5, mid 4, up 10)" in capsys.readouterr().out
+    ctrl = UpstreamController(tiny_bundle.unet, cond_image_size=SIZE, sample_size=SIZE // 8)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    assert (metadata["cond_emb_dim"], metadata["mlp_dim"]) == ("32", "64")
+    ctrl.load_state_dict(flat, strict=True)  # exactly the controller's keys, shapes and dtypes
+    assert all(torch.count_nonzero(m.up[0].weight) > 0 for m in ctrl.modules_dict.values())
+    # and kohya's names for an SD-class model
+    sd = tmp_path / "sd.safetensors"
+    assert main(["synth-lllite", str(sd), "--model", "synthetic:sd-turbo-tiny"]) == 0
+    with safe_open(str(sd), "pt") as f:
+        assert all(k.startswith("lllite_unet_") for k in f.keys())
 
 
 def _render(src, out, *extra) -> list[np.ndarray]:
@@ -37,9 +61,11 @@ def test_render_with_an_adapter(adapter, tmp_path):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(src / f"{i:03d}.png")
     plain = _render(src, tmp_path / "plain")
     adapted = _render(src, tmp_path / "adapted", "--lllite", str(adapter), "--lllite-refresh", "2")
+    down = _render(src, tmp_path / "down", "--lllite", str(adapter), "--lllite-blocks", "down")
     off = _render(src, tmp_path / "off", "--lllite", str(adapter), "--lllite-strength", "0")
-    assert len(plain) == len(adapted) == 3
+    assert len(plain) == len(adapted) == len(down) == 3
     assert min(np.abs(a - p).mean() for a, p in zip(adapted, plain)) > 0.5
+    assert min(np.abs(a - d).mean() for a, d in zip(adapted, down)) > 0.1  # fewer hooks, another frame
     assert all(np.array_equal(a, p) for a, p in zip(off, plain))
 
 
@@ -74,7 +100,7 @@ def test_serve_with_an_adapter_and_its_osc_controls(adapter):
     try:
         assert client.wait_connected(5.0)
         engine = app._engine
-        assert engine.lllite is not None and len(engine.lllite.lllite.modules) > 0
+        assert engine.lllite is not None and len(engine.lllite.lllite.modules) == 19
         assert app.current_params()["lllite_refresh"] == 2
         adapted = _stream(client, 2)
         assert [h["id"] for h, _ in adapted] == [0, 1]

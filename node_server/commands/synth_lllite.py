@@ -67,7 +67,7 @@ def unet_skeleton(spec: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.lllite import parse_blocks
+    from ..engine.lllite import BLOCK_GROUPS, parse_blocks
     from ..models.lllite_file import default_format, synth_hooks, write_lllite
     from ..progress import step
 
@@ -86,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
                 "note": "random weights (node-server synth-lllite)"}
     path = write_lllite(args.out, hooks, metadata)
     params = sum(t.numel() for h in hooks for t in h.tensors.values())
-    groups = {}
-    for h in hooks:
-        groups[h.group] = groups.get(h.group, 0) + 1
-    print(f"wrote {path.resolve()}: {len(hooks)} modules ({', '.join(f'{g} {n}' for g, n in groups.items())}), "
+    counts = [(g, sum(h.group == g for h in hooks)) for g in BLOCK_GROUPS]
+    print(f"wrote {path.resolve()}: {len(hooks)} modules ({', '.join(f'{g} {n}' for g, n in counts if n)}), "
           f"{params:,} parameters")
     print(f"use it with: --model {args.model} --lllite {path}")
     return 0

@@ -11,7 +11,8 @@ Points (512x512, bf16, 1 step): P = batch 8, encoder on every batch; S = batch 8
 prompt change; I = batch 1, static prompt; C = point I with a new prompt every 100 ms; L = the
 paper's champion: point P with a temporal ControlNet-LLLite on the down blocks, its conditioning
 (optical flow + conditioning CNNs) refreshed every 8 batches (`--lllite FILE`, else a random
-adapter made with `synth_hooks`).
+adapter in dreamlite-lllite's format over every target, written to a file and loaded like one;
+`--unet mobile` gives it DreamLite-mobile's published U-Net: 108 modules, 38 hooked).
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ def run_dreamlite(args) -> list[dict]:
     dtype = torch.bfloat16 if cuda else torch.float32
     t = time.perf_counter()
     bundle = load_model(args.model, device=args.device, dtype=dtype, progress=False)
+    if args.unet == "mobile":  # DreamLite-mobile's published U-Net layout (bench/mobile_unet.py)
+        from bench.mobile_unet import mobile_unet
+
+        bundle.unet = mobile_unet(bundle, args.device, dtype)
     print(f"loaded {args.model} in {time.perf_counter() - t:.1f} s", flush=True)
     clip = _clip(args.size)
     rows = []
@@ -220,15 +225,24 @@ def run_dreamlite(args) -> list[dict]:
 
 def run_champion(args, bundle, clip, dtype, mode: str, label: str) -> dict:
     """Point L: point P plus a temporal LLLite on the down blocks, refreshed every 8 batches."""
-    from node_server.models.lllite_file import read_lllite, synth_hooks
+    from node_server.models.lllite_file import read_lllite, synth_hooks, write_lllite
 
-    hooks = read_lllite(args.lllite, bundle.unet) if args.lllite else synth_hooks(bundle.unet, blocks="down")
+    path = args.lllite  # else a paper-format file: every target, as dreamlite-lllite trains (narrowed at load)
+    if path is None:
+        import tempfile
+
+        path = write_lllite(Path(tempfile.mkdtemp()) / "lllite.safetensors", synth_hooks(bundle.unet, blocks="all"))
+    modules = len(read_lllite(path, bundle.unet))
     batch = min(8, args.max_batch)
     params = Params().replace(prompt=PROMPT, batch_size=batch, refresh="every-batch", lllite_refresh=8)
     t = time.perf_counter()
     engine = StreamEngine(bundle, params, size=args.size, device=args.device, dtype=dtype, compile=mode,
-                          encoder_image_size=args.encoder_size, progress=True, lllite=hooks,
+                          encoder_image_size=args.encoder_size, progress=True, lllite=str(path),
                           lllite_blocks="down", lllite_source="temporal")
+    if args.lllite is None:
+        import shutil
+
+        shutil.rmtree(Path(path).parent)
     engine.warmup(progress=True)
     target = engine.encode_count + 3
     while engine.encode_count < target and time.perf_counter() - t < 400:
@@ -238,7 +252,8 @@ def run_champion(args, bundle, clip, dtype, mode: str, label: str) -> dict:
     refreshes0 = runner.refreshes
     r = measure(engine, clip, batch=batch, frames=args.frames)
     r.update(point="L", engine="dreamlite+lllite", compile=label, refresh="every-batch", steps=1,
-             encoder_size=args.encoder_size, first_step_s=round(first_s, 1), lllite_hooks=len(runner.lllite.modules),
+             encoder_size=args.encoder_size, first_step_s=round(first_s, 1), lllite_modules=modules,
+             lllite_hooks=len(runner.lllite.modules), unet=args.unet,
              lllite_refresh_every=8, lllite_refreshes=runner.refreshes - refreshes0)
     if engine.device.type == "cuda" and runner.prev_in is not None:
         from node_server.engine.frames import to_device_batch
@@ -345,6 +360,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder-size", type=int, default=512)
     ap.add_argument("--points", default="I,C,S,P")
     ap.add_argument("--lllite", default=None, help="adapter file for point L (default: a random one)")
+    ap.add_argument("--unet", default="model", choices=("model", "mobile"),
+                    help="mobile: a random U-Net of DreamLite-mobile's published layout instead of the model's")
     ap.add_argument("--max-batch", type=int, default=8, help="cap the batch of S and P (a harness check)")
     ap.add_argument("--compile", default="default", help="comma-separated engine compile modes to run")
     ap.add_argument("--peers", action="store_true", help="also run StreamDiffusion and our SD engine (race)")
@@ -375,6 +392,8 @@ def main(argv=None) -> int:
         stamp += "-" + "".join(c if c.isalnum() or c in "._" else "_" for c in args.model)
     if args.size != 512:
         stamp += f"-{args.size}px"
+    if args.unet != "model":
+        stamp += f"-{args.unet}unet"
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = markdown(meta, rows)
     (out / f"{stamp}.md").write_text(md)

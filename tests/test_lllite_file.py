@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load, save, save_file
 
+from bench.mobile_unet import DREAMLITE_MOBILE_UNET  # DreamLite-mobile's published U-Net layout
 from lllite_reference import UpstreamController, save_like_upstream
 from node_server.cli import main
 from node_server.engine.lllite import LLLite, plan_hooks
@@ -24,24 +25,6 @@ from node_server.models.lllite_file import lllite_targets, parse_lllite, read_ll
 
 H = 64
 ROOT = Path(__file__).resolve().parent.parent
-
-# DreamLite-mobile's U-Net as published (the model's unet/config.json, as in the DreamLite code's
-# modules/dreamlite.json, block names as diffusers' DreamLiteUNetModel spells them): 0.39B
-# parameters; dreamlite-lllite's README counts 108 LLLite modules on it, and the paper's runtime
-# loads 38 of them (its down blocks).
-DREAMLITE_MOBILE_UNET = dict(
-    addition_embed_type="time", addition_time_embed_dim=256, attention_head_dim=[4, 8, 14],
-    block_out_channels=[256, 512, 896], cross_attention_dim=2304,
-    down_block_types=["DreamLiteCrossAttnNoSelfAttnDownBlock2D", "DreamLiteCrossAttnNoSelfAttnDownBlock2D",
-                      "DreamLiteCrossAttnDownBlock2D"],
-    encoder_hid_dim=2048, encoder_hid_dim_type="text_proj_rms", ff_mult=3, layers_per_block=2,
-    mid_block_type="DreamLiteUNetMidBlock2DCrossAttn", num_kv_heads=1, num_mid_layers=1,
-    projection_class_embeddings_input_dim=512, qk_norm="rms_norm", sample_size=128,
-    transformer_layers_per_block=[1, 2, 4],
-    up_block_types=["DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnNoSelfAttnUpBlock2D", "DreamLiteUpBlock2D"],
-    use_linear_projection=True, use_sep_conv=True,
-)
-
 
 @pytest.fixture()
 def unet(tiny_bundle):
@@ -85,6 +68,8 @@ def test_what_we_write_is_what_dreamlite_lllite_loads(unet, tmp_path):
 
 
 def test_dreamlite_mobile_layout_has_108_modules_and_38_on_the_down_blocks():
+    """dreamlite-lllite's README: 108 modules (72 self-attention q/k/v, 36 cross-attention q) on
+    DreamLite-mobile; the paper's runtime hooks the 38 of its down blocks."""
     import diffusers
 
     with torch.device("meta"):

@@ -85,6 +85,7 @@ class ServerApp:
         self.feedback: Any = None
         self.oscquery: Any = None
         self.presets: Any = None
+        self.last_preset = ""  # the last preset recalled (OSCQuery's /preset VALUE)
         self._error_limit = ErrorRateLimit(ERRORS_PER_SECOND)
         self._error_hooks: list[Callable[[str], None]] = []
 
@@ -283,6 +284,7 @@ class ServerApp:
 
     def recall_preset(self, name: str) -> None:
         self.set_params(**self._preset_store().recall(name))
+        self.last_preset = name
 
     def save_preset(self, name: str) -> None:
         self._preset_store().save(name, self.current_params())

@@ -190,7 +190,7 @@ def test_off_loopback_names_are_allowed():
     from node_server.control.web import allowed_host_names
 
     wild = allowed_host_names("0.0.0.0")
-    assert {"localhost", "127.0.0.1", "::1", socket.gethostname().lower()} <= wild
+    assert {"localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname().lower()} <= wild
     lan = allowed_host_names("192.0.2.7")
     assert "192.0.2.7" in lan and "localhost" in lan and "127.0.0.1" not in lan
     assert allowed_host_names("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}

@@ -11,7 +11,9 @@ Why it looks like this:
   only when every connection is busy is a newcomer answered 503 and closed.
 - A `Host` allow-list: the bound address, `localhost`, the address the client actually connected to,
   and (bound off loopback) the machine's own names. Anything else gets 421, so a web page that
-  rebinds its own DNS name to this machine cannot read the live tree or drive the console.
+  rebinds its own DNS name to this machine cannot read the live tree or drive the console. A
+  browser's `Origin` must pass the same list (403 otherwise): other sites' pages cannot open the
+  console's WebSocket either.
 - Clients that vanish mid-request are counted (`stats["disconnects"]`), never logged as tracebacks.
 """
 
@@ -67,6 +69,8 @@ def allowed_host_names(bound: str) -> set[str]:
         names.add(bound.lower())
     if bound in _WILDCARD or is_loopback(bound):
         names.update({"127.0.0.1", "::1"})
+    if bound in _WILDCARD:  # the printed URL (http://0.0.0.0:PORT/) works on this machine
+        names.update({"0.0.0.0", "::"})
     if not is_loopback(bound):
         try:
             hostname = socket.gethostname().lower()
@@ -324,7 +328,21 @@ class WebServer:
         header = request.headers.get("Host")
         if header is None:  # HTTP/1.0 tools; browsers (the DNS-rebinding risk) always send one
             return True
-        host = host_of(header)
+        return self._name_allowed(request, host_of(header))
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        """A browser's `Origin` (sent with WebSocket handshakes and cross-site fetches) must name
+        this server too: WebSockets are not bound by the same-origin policy, so without this any
+        page the VJ has open could drive the console on 127.0.0.1."""
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser: OSCQuery clients, curl
+            return True
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            return False
+        return self._name_allowed(request, host_of(rest.split("/", 1)[0]))
+
+    def _name_allowed(self, request: web.Request, host: str) -> bool:
         if host in self._allowed:
             return True
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
@@ -341,6 +359,9 @@ class WebServer:
         if not self.host_allowed(request):
             self.stats["bad_host"] += 1
             return web.json_response({"error": "unknown Host; use this machine's address or name"}, status=421)
+        if not self.origin_allowed(request):
+            self.stats["bad_host"] += 1
+            return web.json_response({"error": "requests from other sites are refused"}, status=403)
         conn = request.protocol
         if hasattr(conn, "busy"):
             conn.busy += 1

@@ -115,7 +115,7 @@ class Console:
         """One status point a second, kept for the plots whether or not a page is open."""
         while True:
             try:
-                point = self._status()
+                point = await self.web.run_blocking(self._status)
                 self.history.append(point)
                 self._broadcast(dict(point, type="status"))
             except Exception:
@@ -217,7 +217,7 @@ class Console:
                     self._send(viewer, ws.send_str(json.dumps({"type": "values", "values": changed}))))
 
         try:
-            await ws.send_str(json.dumps(self._hello(viewer)))
+            await ws.send_str(json.dumps(await self.web.run_blocking(self._hello, viewer)))
             self.watcher.subscribe(on_change)
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -252,8 +252,12 @@ class Console:
             return []
 
     def _send_tree(self, viewer: _Viewer) -> None:
-        msg = {"type": "tree", "tree": self.oscquery.describe("/"), "presets": self._presets()}
-        asyncio.get_running_loop().create_task(self._send(viewer, viewer.ws.send_str(json.dumps(msg))))
+        async def send() -> None:
+            msg = await self.web.run_blocking(
+                lambda: {"type": "tree", "tree": self.oscquery.describe("/"), "presets": self._presets()})
+            await viewer.ws.send_str(json.dumps(msg))
+
+        asyncio.get_running_loop().create_task(self._send(viewer, send()))
 
     async def _command(self, viewer: _Viewer, text: str) -> None:
         try:

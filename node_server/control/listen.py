@@ -62,7 +62,6 @@ class ValueWatcher:
         """`fn(changed, tree_changed)` on the loop after each sample with a change; starts sampling."""
         self._subs.append(fn)
         if self._task is None or self._task.done():
-            self.values, self.paths = self.snapshot()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def unsubscribe(self, fn: Callable[[dict[str, Any], bool], None]) -> None:
@@ -70,10 +69,14 @@ class ValueWatcher:
             self._subs.remove(fn)
 
     async def _run(self) -> None:
+        try:
+            self.values, self.paths = await self.oscquery.web.run_blocking(self.snapshot)
+        except Exception:
+            log.debug("value sample failed", exc_info=True)
         while self._subs:
             await asyncio.sleep(self.period)
             try:
-                values, paths = self.snapshot()
+                values, paths = await self.oscquery.web.run_blocking(self.snapshot)
             except Exception:
                 log.debug("value sample failed", exc_info=True)
                 continue
@@ -145,7 +148,8 @@ class ListenHub:
             self.stats["bad_commands"] += 1
             return
         if command == "LISTEN" and isinstance(path, str):
-            if path in self.watcher.paths and len(client.paths) < MAX_PATHS:
+            known = path in self.watcher.paths or (not self.watcher.paths and path.startswith("/"))
+            if known and len(path) <= 512 and len(client.paths) < MAX_PATHS:
                 client.paths.add(path)
             else:
                 self.stats["bad_commands"] += 1

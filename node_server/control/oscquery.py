@@ -339,7 +339,7 @@ class OSCQueryServer:
             if path != "/":
                 return _json({"error": "HOST_INFO is served at /?HOST_INFO"}, 400)
             return _json(self.host_info())
-        tree = self.describe(path)
+        tree = await self.web.run_blocking(self.describe, path)
         if tree is None:
             return _json({"error": f"no OSC node at {path}"}, 404)
         if not attr:

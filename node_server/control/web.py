@@ -20,6 +20,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import socket
@@ -131,6 +132,9 @@ class WebServer:
         self.stats = {"connections": 0, "refused": 0, "evicted": 0, "disconnects": 0, "bad_host": 0,
                       "protocol_errors": 0, "errors": 0}
         self.on_close: list[Callable[[], Awaitable[None]]] = []
+        # Calls into the server (current_params() may wait while a prompt encodes) run here, so
+        # the loop keeps serving everyone meanwhile; threads are made on demand, at most 4.
+        self.executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix=f"{what.lower()}-work")
         self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_REQUEST_BYTES)
         self._sock = self._bind(host, port)
         self._allowed = allowed_host_names(self.host)
@@ -277,6 +281,7 @@ class WebServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             self._sock.close()
+            self.executor.shutdown(wait=False)
             return
         try:
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
@@ -290,6 +295,7 @@ class WebServer:
         thread.join(timeout)
         self._thread = None
         self._sock.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -307,6 +313,10 @@ class WebServer:
                 await asyncio.wait_for(self._runner.cleanup(), 0.5)
             except Exception as e:
                 log.debug("%s cleanup: %r", self.what, e)
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on a worker thread, awaited from the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` on the server's loop (from any thread); dropped when not running."""

@@ -281,7 +281,9 @@
     ctx.fillStyle = "#8a94a3";
     ctx.font = "12px system-ui, sans-serif";
     ctx.fillText(key === "fps" ? "fps (last 5 min)" : "latency p50, ms (last 5 min)", 6, 14);
-    ctx.fillText("max " + max.toFixed(1) + unit, W - 90, 14);
+    ctx.textAlign = "right";
+    ctx.fillText("max " + max.toFixed(1) + unit, W - 6, 14);
+    ctx.textAlign = "left";
   }
 
   function draw() {

@@ -479,3 +479,38 @@ def _closed(s: socket.socket) -> bool:
         return s.recv(1) == b""
     except (ConnectionResetError, socket.timeout):
         return False
+
+
+# -- parsers in our hands: property tests ---------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_host_header_parser_takes_anything(header):
+    from node_server.control.web import allowed_host_names, host_of
+
+    host = host_of(header)
+    assert isinstance(host, str)
+    if host in allowed_host_names("127.0.0.1"):  # only these exact names pass on loopback
+        assert host in ("localhost", "127.0.0.1", "::1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(["COMMAND", "DATA", "x"]), kids, max_size=3),
+    max_leaves=12).map(json.dumps)))
+def test_listen_commands_never_raise(text):
+    from node_server.control.listen import ListenHub, _Client
+
+    class Stub:  # just what ListenHub touches
+        extensions: dict = {}
+        websocket = None
+        web = type("W", (), {"on_close": []})()
+
+    hub = ListenHub(Stub())
+    hub.watcher.paths = frozenset({"/", "/strength"})
+    client = _Client(ws=None)
+    hub._command(client, text)
+    assert client.paths <= hub.watcher.paths  # only known paths are ever listened to

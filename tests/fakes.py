@@ -28,6 +28,7 @@ class FakeTarget:
         self.reject: dict[str, str] = {}
         self.active_prompt = ""  # what status() reports; tests move it to simulate conditioning
         self.frames = 0
+        self.last_preset = ""  # the last preset recalled (OSCQuery shows it as /preset's VALUE)
 
     def current_params(self) -> dict[str, Any]:
         with self.lock:
@@ -52,6 +53,7 @@ class FakeTarget:
         if self.store is None:
             raise NodeServerError("no preset store")
         self.set_params(**self.store.recall(name))
+        self.last_preset = name
         self.calls.append(("recall_preset", name))
 
     def save_preset(self, name: str) -> None:

@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spout-out", default=None, metavar="NAME", help="also send every output as this Spout sender (Windows)")
     p.add_argument("--no-zmq", action="store_const", const=True, default=None,
                    help="no ZeroMQ sockets: frames only over Spout (needs --spout-in and --spout-out)")
-    p.add_argument("--oscquery-port", type=int, default=None, help="OSCQuery HTTP port (default 9001; 0 = off)")
+    p.add_argument("--oscquery-port", type=int, default=None,
+                   help="OSCQuery HTTP/WebSocket port, also the web console's (default 9001; 0 = off)")
+    p.add_argument("--console-token", default=None, metavar="TOKEN",
+                   help="the web console (/console) accepts changes only from pages opened with ?token=TOKEN; "
+                        "without it the console is read-only when bound off loopback (docs/CONSOLE.md)")
     p.add_argument("--preset", default=None, help="preset to recall at start-up")
     p.add_argument("--presets-dir", default=None, metavar="DIR",
                    help="user presets (default $NODE_SERVER_PRESETS or ~/.config/node-server/presets)")
@@ -45,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_lllite_arguments(p)
 
 
-_KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port",
+_KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port", "console_token",
          "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 

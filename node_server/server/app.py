@@ -84,7 +84,9 @@ class ServerApp:
         self.control: Any = None  # OscControl when OSC is on
         self.feedback: Any = None
         self.oscquery: Any = None
+        self.console: Any = None  # node_server.console.Console (on the OSCQuery port)
         self.presets: Any = None
+        self.last_preset = ""  # the last preset recalled (OSCQuery's /preset VALUE)
         self._error_limit = ErrorRateLimit(ERRORS_PER_SECOND)
         self._error_hooks: list[Callable[[str], None]] = []
 
@@ -225,11 +227,17 @@ class ServerApp:
         if self._paused:
             self.stats.add_dropped(1)
             return
+        console = self.console
+        if console is not None:  # one attribute read per frame unless a page watches
+            console.offer_input(pixels)
         dropped = self.buffer.put(Pending(frame_id, pixels, recv, recv_wall, t))
         self.stats.add_dropped(dropped)
 
     def _publish(self, fields: dict[str, Any], image: Any) -> None:
         """Send one output to every enabled output; one failing output does not starve the others."""
+        console = self.console
+        if console is not None:
+            console.offer_output(image)
         for sink in self._sinks:
             try:
                 sink(fields, image)
@@ -283,6 +291,7 @@ class ServerApp:
 
     def recall_preset(self, name: str) -> None:
         self.set_params(**self._preset_store().recall(name))
+        self.last_preset = name
 
     def save_preset(self, name: str) -> None:
         self._preset_store().save(name, self.current_params())
@@ -308,8 +317,11 @@ class ServerApp:
             fb.notify()
 
     def _on_osc_error(self, reason: str) -> None:
-        """OscControl already answered the sender; only count it for `/status/errors`."""
+        """OscControl already answered the sender; count it for `/status/errors`, show it on the console."""
         self.stats.add_error()
+        console = self.console
+        if console is not None:
+            console.on_error(reason)
 
     def _open_control(self) -> None:
         """OSC in, feedback out, OSCQuery: bound now so their addresses can be printed."""
@@ -334,6 +346,7 @@ class ServerApp:
                     self, osc_port=self.control.port, host=cfg.osc_host, port=cfg.oscquery_port,
                     prefix=cfg.osc_prefix, presets=self._preset_store(),
                 )
+                self._open_console()
         except BaseException:
             self._close_control()
             raise
@@ -342,6 +355,15 @@ class ServerApp:
             self.oscquery.start()
         if self.feedback is not None:
             self.feedback.start()
+
+    def _open_console(self) -> None:
+        """The OSCQuery WebSocket (LISTEN) and the web console, on the OSCQuery port."""
+        from ..console import Console
+        from ..control.listen import ListenHub
+
+        hub = ListenHub(self.oscquery)
+        self.console = Console(self, self.oscquery, watcher=hub.watcher, token=self.config.console_token)
+        self.add_error_hook(self.console.on_error)
 
     def _control_lines(self) -> list[str]:
         lines = []
@@ -354,12 +376,17 @@ class ServerApp:
         else:
             lines.append("feedback    off  (--feedback HOST:PORT for /status/*; /error goes to each OSC sender)")
         if self.oscquery is not None:
-            lines.append(f"OSCQuery    {self.oscquery.url}")
+            lines.append(f"OSCQuery    {self.oscquery.url}  (HTTP and WebSocket)")
+        if self.console is not None:
+            access = ("changes need the token" if self.config.console_token else
+                      "read-only: bound off loopback, see --console-token" if not self.console.writable_without_token
+                      else "loopback: read and write")
+            lines.append(f"console     {self.console.url}  ({access})")
         lines.append(f"presets     {self.config.presets_path()} (user) + built-in")
         return lines
 
     def _close_control(self) -> None:
-        for part in (self.oscquery, self.control, self.feedback):
+        for part in (self.oscquery, self.console, self.control, self.feedback):
             if part is not None:
                 try:
                     part.close()

@@ -45,7 +45,8 @@ class ServeConfig:
     feedback: str | None = None  # "HOST:PORT" for /status/* and replies; None: reply to sender
     zmq_in: str = "tcp://127.0.0.1:5555"
     zmq_out: str = "tcp://127.0.0.1:5556"
-    oscquery_port: int = 9001  # 0: off
+    oscquery_port: int = 9001  # 0: off (and the web console with it)
+    console_token: str | None = None  # the web console accepts changes only from pages with this token
     preset: str | None = None
     presets_dir: str | None = None  # None: default_presets_dir()
     size: int = 512  # resolve(): the model folder's own size (node_server.json) when none is given
@@ -113,6 +114,8 @@ def _check(key: str, value: Any, origin: str) -> Any:
         return v
     if key == "feedback":
         parse_host_port(value, f"{origin}: feedback")
+    if key == "console_token" and not (8 <= len(value) <= 256 and value.isprintable() and " " not in value):
+        raise NodeServerError(f"{origin}: console_token must be 8..256 printable characters without spaces")
     if key in ("spout_in", "spout_out"):
         if len(value.encode()) > 255 or "\0" in value:
             raise NodeServerError(f"{origin}: {key} must be a Spout sender name of at most 255 bytes, got {value!r}")

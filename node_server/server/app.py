@@ -327,7 +327,7 @@ class ServerApp:
                 self.add_error_hook(self.feedback.send_error)
             self.control = OscControl(
                 self, host=cfg.osc_host, port=cfg.osc_port, prefix=cfg.osc_prefix,
-                feedback=self.feedback, on_error=self._on_osc_error,
+                feedback=self.feedback, on_error=self._on_osc_error, allow=cfg.osc_allow,
             )
             if cfg.oscquery_port:
                 self.oscquery = OSCQueryServer(

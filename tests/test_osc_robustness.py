@@ -154,9 +154,9 @@ def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 90.0) 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_stops_on_a_signal_after_the_poison_bundle(sig):
-    proc = _serve()
+    proc = _serve("--osc-allow", "127.0.0.1")
     try:
-        port = int(_wait_for_line(proc, r"OSC in\s+udp://127\.0\.0\.1:(\d+)").group(1))
+        port = int(_wait_for_line(proc, r"OSC in\s+udp://127\.0\.0\.1:(\d+) .*only from 127\.0\.0\.1").group(1))
         _wait_for_line(proc, r"running")
         s = udp_socket()
         try:

@@ -347,7 +347,8 @@ class ServerApp:
         lines = []
         if self.control is not None:
             prefix = self.control.prefix or "(none)"
-            lines.append(f"OSC in      udp://{self.control.host}:{self.control.port}  (prefix {prefix}; /ping answers /pong)")
+            only = f"; only from {self.config.osc_allow}" if self.config.osc_allow else ""
+            lines.append(f"OSC in      udp://{self.control.host}:{self.control.port}  (prefix {prefix}; /ping answers /pong{only})")
         if self.feedback is not None:
             host, port = self.feedback.address
             lines.append(f"feedback    udp://{host}:{port}  (OSC /status/*, /error)")

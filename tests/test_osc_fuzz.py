@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from node_server.control.osc_packet import OscParseError, parse_packet
-from tools import fuzz
-from tools.fuzz_targets import osc as target
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `tools` is not an installed package; plain `pytest` may not have it
+    sys.path.insert(0, str(ROOT))
+
+from tools import fuzz  # noqa: E402
+from tools.fuzz_targets import osc as target  # noqa: E402
+
 CORPUS = ROOT / "tests" / "data" / "fuzz" / "osc"
 
 # What each regression input must do: the reason it is rejected with, or the messages it holds.

@@ -100,9 +100,10 @@ def test_poison_bundle_is_answered_and_control_goes_on(target, client, name):
         assert text.startswith("packet: not a valid OSC message or bundle") and "size -4" in text
         send(client, ctl, msg("/prompt", "still in control"))
         wait_for(lambda: target.params["prompt"] == "still in control", timeout=1.0)
-        assert ctl.errors == 1 and ctl.applied == 2
+        assert ctl.errors == 1 and ctl.applied == 2 and ctl.serving
     finally:
         close_within(ctl, 1.0)
+    assert not ctl.serving
 
 
 def test_close_never_waits_for_a_handler_stuck_in_the_target(target, client):

@@ -233,6 +233,11 @@ class OscControl:
         """The bound UDP port (the real one when constructed with port 0)."""
         return self._address[1]
 
+    @property
+    def serving(self) -> bool:
+        """True while the receive thread runs (for a supervisor or a soak run to check)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> "OscControl":
         """Serve on a daemon thread (and start the owned feedback sender); returns self."""
         if self._thread is None and not self._closed:

@@ -104,6 +104,12 @@ def send(sock, ctl, dgram: bytes) -> None:
     sock.sendto(dgram, ("127.0.0.1", ctl.port))
 
 
+def verify(sock, ctl) -> None:
+    """Have `sock` speak valid OSC (a ping): from then on its `/error` answers are not cut to size."""
+    send(sock, ctl, msg(ctl.prefix + "/ping"))
+    recv_until(sock, ctl.prefix + "/pong")
+
+
 def roundtrip(sock, ctl, dgram: bytes) -> None:
     """Send, then ping on the same socket: replies come in order, so the message was handled."""
     send(sock, ctl, dgram)
@@ -225,7 +231,7 @@ BAD = [
     (msg("/s*", 1), "/s*: OSC address patterns are not supported"),
     (b"\x00\x01garbage that is not OSC", "packet: not a valid OSC message or bundle"),
     (b"/seed\x00\x00\x00,i\x00\x00", "packet: not a valid OSC message or bundle"),  # int missing
-    (msg("/strength", 0.5)[:-2], "packet: not a valid OSC message or bundle (18 bytes, not a multiple of 4)"),
+    (msg("/strength", 0.5)[:-2], "packet: not a valid OSC message or bundle (18 bytes): size is not a multiple of 4"),
 ]
 
 
@@ -234,12 +240,13 @@ def test_bad_input_is_answered_and_not_applied(target, client, dgram, expected):
     feedback_rx = udp_socket()
     ctl = OscControl(target, port=0, feedback=feedback_rx.getsockname()).start()
     try:
+        verify(client, ctl)  # a sender that has spoken valid OSC gets whole answers
         before = target.current_params()
         send(client, ctl, dgram)
         (text,) = recv_until(client, "/error")
         assert text.startswith(expected), text
         assert recv_until(feedback_rx, "/error") == [text]  # also forwarded to the feedback target
-        assert ctl.errors == 1 and ctl.applied == 0
+        assert ctl.errors == 1 and ctl.applied == 1  # the ping
         assert target.current_params() == before
         assert [c for c in target.calls if c[0] != "recall_preset"] == []
         assert not target.paused
@@ -250,6 +257,7 @@ def test_bad_input_is_answered_and_not_applied(target, client, dgram, expected):
 
 def test_target_rejection_is_reported(ctl, target, client):
     target.reject["prompt"] = "contains a blocked word"
+    verify(client, ctl)
     send(client, ctl, msg("/prompt", "something"))
     assert recv_until(client, "/error") == ["/prompt: contains a blocked word"]
     assert target.params["prompt"] == ""
@@ -261,6 +269,7 @@ def test_handler_crash_does_not_kill_the_server(ctl, target, client):
         raise RuntimeError("bug in the server")
 
     target.set_params = boom
+    verify(client, ctl)
     send(client, ctl, msg("/seed", 1))
     assert recv_until(client, "/error") == ["/seed: internal error (see the server log)"]
     roundtrip(client, ctl, msg("/pause", True))

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--osc-port", type=int, default=None, help="OSC UDP port (default 9000; 0 = any free port)")
     p.add_argument("--osc-prefix", default=None, metavar="/PREFIX", help="prefix for every OSC address, e.g. /ns")
     p.add_argument("--feedback", default=None, metavar="HOST:PORT", help="send /status/* and /error to this OSC target")
+    p.add_argument("--osc-allow", default=None, metavar="ADDR[,NET/BITS...]",
+                   help="take OSC only from these addresses/networks, e.g. 127.0.0.1,192.168.1.0/24 "
+                        "(default: any source that can reach --osc-host)")
     p.add_argument("--zmq-in", default=None, metavar="ADDR", help="ZeroMQ PULL address for frames in (default tcp://127.0.0.1:5555)")
     p.add_argument("--zmq-out", default=None, metavar="ADDR", help="ZeroMQ PUB address for frames out (default tcp://127.0.0.1:5556)")
     p.add_argument("--spout-in", default=None, metavar="NAME",
@@ -49,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_lllite_arguments(p)
 
 
-_KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "feedback", "zmq_in", "zmq_out", "oscquery_port", "console_token",
+_KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
+         "console_token",
          "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from node_server.control.inventory import CONTROLS, FEEDBACK, REPLIES, normalize_prefix
+from node_server.control.osc import FORWARD_BURST, FORWARD_RATE, REPLY_BURST, REPLY_RATE
+from node_server.control.osc_packet import MAX_ARGS, MAX_BUNDLE_DEPTH, MAX_MESSAGES
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "OSC.md"
 
@@ -47,13 +49,28 @@ def render_osc_markdown(prefix: str = "") -> str:
         "- Integers and floats are interchangeable where the value allows it: `/strength 1` is `1.0`,"
         " `/seed 3.0` is `3`, but `/seed 3.5` is an error.",
         "- Booleans accept OSC `T`/`F` and the numbers `0`/`1` (int or float).",
+        "- `h` (64-bit integer) counts as `i`, `d` (64-bit float) as `f` and `S` (symbol) as `s`."
+        " The other OSC types (`b`, `t`, `c`, `r`, `m`, `N`, `I` and arrays `[...]`) are read and"
+        " rejected by every control.",
         "- Anything rejected (unknown address, wrong type or number of arguments, out of range,"
-        " unknown preset, bytes that are not OSC, a packet whose size is not a multiple of 4)"
-        " is not applied at all and is answered with"
+        " unknown preset) is not applied at all and is answered with"
         " `/error s` (\"`<address>: <reason>`\") sent to the sender and to the feedback target.",
-        "- Bundles are unpacked and each message is handled on its own, in order; time tags are"
-        " ignored (messages apply on arrival).",
+        "- A datagram that is not exactly OSC 1.0 is rejected whole (`/error` \"`packet: ...`\"), so"
+        " none of its messages is applied: a size that is not a multiple of 4, a bundle element whose"
+        " size is not above 0, not a multiple of 4 or runs past the end, an element that is neither a"
+        " message (`/...`) nor a bundle (`#bundle`), a string without its NUL or NUL padding or not"
+        " UTF-8, an argument whose bytes are missing, bytes left after the last argument, an unknown"
+        f" type tag, bundles nested deeper than {MAX_BUNDLE_DEPTH}, more than {MAX_MESSAGES} messages"
+        f" in one datagram or more than {MAX_ARGS} arguments in one message.",
+        "- Bundles are unpacked and each message is handled on its own, in the order it has in the"
+        " datagram (nested bundles in place); time tags are ignored (messages apply on arrival).",
         "- OSC address patterns (`*`, `?`, `[]`, `{}`) are not supported: send exact addresses.",
+        f"- Answers to a sender (`/error`, `/pong`) are limited to {REPLY_RATE:g} a second per sender"
+        f" (address and port; bursts of {REPLY_BURST:g}). Until a sender has had a message applied"
+        " (a `/ping` will do), the answers to one of its datagrams never hold more bytes than that"
+        " datagram: an `/error` text is cut to fit, or the answer is left out. The feedback target"
+        f" gets every `/error` text whole (at most {FORWARD_RATE:g} a second, bursts of"
+        f" {FORWARD_BURST:g}). `/status/errors` counts every rejection, answered or not.",
         "",
         "## Controls (sent to the server)",
         "",
@@ -98,6 +115,28 @@ def render_osc_markdown(prefix: str = "") -> str:
         " `GET /?HOST_INFO` returns the OSC port and transport; `GET /prompt?VALUE` returns one"
         " attribute. When the optional `zeroconf` package is installed and the server is bound to a"
         " non-loopback address, it is advertised as `_oscjson._tcp` and `_osc._udp`.",
+        "",
+        "## Security",
+        "",
+        "OSC has no authentication and no encryption. By default the server listens on the loopback"
+        " addresses only (`127.0.0.1` and `::1`), so only programs on this machine can reach it. Bound"
+        " to another address (`--osc-host 0.0.0.0` or a LAN address), anyone who can reach the UDP"
+        " port can change the prompt and every parameter, pause the output, recall presets, save"
+        " presets (files in the user preset folder; names are checked, so never outside it), and"
+        " receive `/pong` and `/error` answers; OSCQuery on the same address shows the address tree"
+        " with the live values, the current prompt included.",
+        "",
+        "`--osc-allow ADDR[,NET/BITS...]` (config key `osc_allow`, a string or a list, e.g."
+        " `osc_allow = [\"127.0.0.1\", \"192.168.1.0/24\"]`) takes OSC only from those addresses and"
+        " networks: datagrams from any other source are dropped unanswered and counted, with a warning in the"
+        " server log (rate-limited per source)."
+        " UDP source addresses can be forged on a network that does not filter them, so the list"
+        " keeps out other programs and mistakes, not a determined attacker: keep the port on a"
+        " network you trust.",
+        "",
+        "The `--feedback` sender's socket is connected to its target, so the system binds it to the"
+        " local address of the route to that target (`127.0.0.1` for a target on this machine), not"
+        " to every interface, and it takes datagrams from the target only.",
         "",
     ]
     return "\n".join(lines)

@@ -5,6 +5,11 @@ A thread sends one bundle of `/status/*` at `rate_hz` (default 4 Hz) and polls
 ~25 ms of the active prompt changing. The server may also call `notify()` when it knows the
 prompt changed; that wakes the thread at once. `/error` messages are forwarded with
 `send_error()`, from any thread.
+
+The sending socket is `connect()`ed to the target: the kernel then binds it to the local address
+of the route to that target (127.0.0.1 for a loopback target) instead of the wildcard address, so
+it is reachable on no other interface, and it takes datagrams from the target only. A target that
+cannot be reached yet (no route, name not resolvable) is retried on each send.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ class Feedback:
         self.status_failures = 0
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self._send_lock = threading.Lock()
+        self._connected = False
+        with self._send_lock:
+            self._connect()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,14 +138,38 @@ class Feedback:
         self.bundles_sent += 1
 
     # -- internals -------------------------------------------------------------------------
+    @property
+    def local_address(self) -> tuple | None:
+        """Where the sending socket is bound (the route's own address), or None before it is."""
+        try:
+            return self._sock.getsockname() if self._connected else None
+        except OSError:  # closed
+            return None
+
+    def _connect(self) -> None:
+        """Bind the socket to the route to the target (call with the send lock held)."""
+        try:
+            self._sock.connect(self.address)
+        except OSError as e:  # no route yet, name not resolvable: retried on the next send
+            self._failed(e)
+            return
+        self._connected = True
+
     def _send(self, dgram: bytes) -> None:
         try:
             with self._send_lock:
-                self._sock.sendto(dgram, self.address)
+                if not self._connected:
+                    self._connect()
+                    if not self._connected:
+                        return
+                self._sock.send(dgram)
         except OSError as e:  # target gone, socket closed, network down: never fatal
-            self.send_failures += 1
-            if self.send_failures in (1, 10, 100) or self.send_failures % 1000 == 0:
-                log.warning("feedback to %s:%d failed (%d times): %s", *self.address, self.send_failures, e)
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        self.send_failures += 1
+        if self.send_failures in (1, 10, 100) or self.send_failures % 1000 == 0:
+            log.warning("feedback to %s:%d failed (%d times): %s", *self.address, self.send_failures, e)
 
     def _check_prompt(self, status: Status) -> None:
         if status.prompt != self._last_prompt:

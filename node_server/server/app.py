@@ -339,7 +339,7 @@ class ServerApp:
                 self.add_error_hook(self.feedback.send_error)
             self.control = OscControl(
                 self, host=cfg.osc_host, port=cfg.osc_port, prefix=cfg.osc_prefix,
-                feedback=self.feedback, on_error=self._on_osc_error,
+                feedback=self.feedback, on_error=self._on_osc_error, allow=cfg.osc_allow,
             )
             if cfg.oscquery_port:
                 self.oscquery = OSCQueryServer(
@@ -369,7 +369,8 @@ class ServerApp:
         lines = []
         if self.control is not None:
             prefix = self.control.prefix or "(none)"
-            lines.append(f"OSC in      udp://{self.control.host}:{self.control.port}  (prefix {prefix}; /ping answers /pong)")
+            only = f"; only from {self.config.osc_allow}" if self.config.osc_allow else ""
+            lines.append(f"OSC in      udp://{self.control.host}:{self.control.port}  (prefix {prefix}; /ping answers /pong{only})")
         if self.feedback is not None:
             host, port = self.feedback.address
             lines.append(f"feedback    udp://{host}:{port}  (OSC /status/*, /error)")

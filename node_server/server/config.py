@@ -42,6 +42,7 @@ class ServeConfig:
     osc_host: str = "127.0.0.1"
     osc_port: int = 9000  # 0: any free port
     osc_prefix: str = ""  # e.g. "/ns": then /ns/prompt
+    osc_allow: str | None = None  # "ADDR,NET/BITS,...": OSC only from these sources; None: any
     feedback: str | None = None  # "HOST:PORT" for /status/* and replies; None: reply to sender
     zmq_in: str = "tcp://127.0.0.1:5555"
     zmq_out: str = "tcp://127.0.0.1:5556"
@@ -103,6 +104,11 @@ def _check(key: str, value: Any, origin: str) -> Any:
         if key == "batch_size" and value < 1:
             raise NodeServerError(f"{origin}: batch_size must be at least 1, got {value}")
         return value
+    if key == "osc_allow":  # a string as on the command line, or a TOML list of them
+        from ..control.osc import parse_allow
+
+        parse_allow(value, f"{origin}: osc_allow" if origin.startswith("config") else origin)
+        return value if isinstance(value, str) else ",".join(value)
     if not isinstance(value, str):
         raise NodeServerError(f"{origin}: {key} must be a string, got {value!r}")
     if key == "osc_prefix" and value and not value.startswith("/"):

@@ -5,7 +5,8 @@ with TouchDesigner) and pyzmq installed for TouchDesigner's Python (see README.m
 
 TouchDesigner's main thread does as little as possible here. Each cook, onCook only
 - reads the Server page parameters,
-- asks the input for numpyArray(delayed=True) (no GPU stall: it hands back the previous frame),
+- asks the input for numpyArray(delayed=True, writable=True) (no GPU stall: it hands back the
+  previous frame),
 - passes that array, untouched, to the link thread,
 - hands the newest output, already in TouchDesigner's layout, to copyNumpyArray.
 Every per-pixel step (row flip, dropping alpha, float to uint8, packing) runs on the link thread,
@@ -221,7 +222,9 @@ def onCook(scriptOp):
         return
     link = _link_for(scriptOp)
     source = scriptOp.inputs[0] if scriptOp.inputs else None
-    frame = source.numpyArray(delayed=True) if source is not None else None  # None on the first call
+    # delayed: last frame's pixels, no GPU stall (None on the first call); writable: ordinary memory
+    # (by default it may be allocated so that touching it is slow), read later on the link thread
+    frame = source.numpyArray(delayed=True, writable=True) if source is not None else None
     if frame is not None and scriptOp.par.Active.eval():
         link.submit(frame)
     if link.error:

@@ -870,6 +870,8 @@ class scriptTOP(TOP):
         mod = self._callbacks()
         if name == "setuppars":
             if mod is not None and hasattr(mod, "onSetupParameters"):
+                # stand-in choice: the parameters are re-created (the callback template says
+                # "press 'Setup Parameters' ... to re-create the parameters")
                 self.destroyCustomPars()
                 _call(mod, "onSetupParameters", self)
             return

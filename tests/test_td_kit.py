@@ -212,6 +212,8 @@ def _doc_lines():
 def test_the_two_documented_ways_to_run_build_network_work(td, tmp_path):
     """The exact lines in build_network.py's docstring, with the placeholder path replaced."""
     run_line, exec_line = _doc_lines()
+    readme = (KIT / "README.md").read_text()
+    assert run_line in readme and exec_line in readme  # the README says the same
     placeholder = r"C:\\path\\to\\node-server\\examples_td".replace("\\\\", "\\")
     assert placeholder in run_line and placeholder in exec_line
 
@@ -229,6 +231,11 @@ def test_the_two_documented_ways_to_run_build_network_work(td, tmp_path):
     exec(exec_line.replace(placeholder, str(KIT)), textport)
     assert node(td, "osc_out").text == (KIT / "osc_out.py").read_text()
     assert td.unknown_pars == []
+    # the README's Textport line for a preset reaches the OSC Out DAT
+    node(td, "oscout1").par.port = free_udp_port()
+    line = re.search(r"`(op\('/project1/node_server/osc_out'\)[^`]*)`", readme).group(1)
+    exec(line, td.namespace())
+    assert td.osc_sent[-1] == (f"{BASE}/oscout1", "/preset", ["watercolor"])
 
 
 def test_run_script_without_arguments_uses_the_dat_file_parameter(td):

@@ -1,16 +1,18 @@
 """OSC In DAT callbacks: show node-server's feedback (`/status/*` and `/error`).
 
-Start the server with `--feedback 127.0.0.1:9002` and set an OSC In DAT to Network Port 9002
-(UDP). Paste this into the OSC In DAT's callbacks DAT. It fills a Table DAT named `status`
-(one row per `/status/*` value, e.g. fps, latency_ms, state, prompt) and appends `/error`
-reasons to a Text DAT named `errors` (last 50 lines kept). build_network.py creates all three.
+Start the server with `--feedback <this machine>:9002` and set an OSC In DAT to Port 9002 with
+Split Bundle into Messages on: the server sends all `/status/*` values as one bundle, and only
+split does each of them reach onReceiveOSC. Put this file in the OSC In DAT's Callbacks DAT. It
+fills a Table DAT named `status` (one row per `/status/*` value: fps, latency_ms, frames, dropped,
+errors, state, prompt) and appends `/error` reasons to a Text DAT named `errors` (last 50 lines
+kept). build_network.py creates all of them.
 """
 
 MAX_ERROR_LINES = 50
 PREFIX = ""  # the server's --osc-prefix, e.g. "/ns"
 
 
-def onReceiveOSC(dat, rowIndex, message, bytes, timeStamp, address, args, peer):
+def onReceiveOSC(dat, rowIndex, message, byteData, timeStamp, address, args, peer):
     if PREFIX and address.startswith(PREFIX + "/"):
         address = address[len(PREFIX):]
     if address.startswith("/status/"):

@@ -3,24 +3,32 @@
 Text (the prompt, presets) goes through an OSC Out DAT; numbers can go through the same DAT or
 through an OSC Out CHOP whose channel names are the full OSC addresses.
 
-OSC Out DAT (Network Address 127.0.0.1, Network Port 9000 = the server's --osc-port, Protocol
-UDP). Put this file in a Text DAT named `osc_out` and call, e.g. from a Field COMP or a button:
+OSC Out DAT (Network Address = the server machine, Port 9000 = the server's --osc-port, Protocol
+Messaging (UDP)). Put this file in a Text DAT named `osc_out` and call, e.g. from a Field COMP or
+a button:
 
-    mod('osc_out').send_prompt(op('oscout1'), op('prompt_text').text)
-    mod('osc_out').send_params(op('oscout1'), strength=0.6, seed=3)
-    mod('osc_out').recall_preset(op('oscout1'), 'neon')
+    mod('osc_out').recall_preset(op('oscout1'), 'watercolor')
+    mod('osc_out').send_prompt(op('oscout1'), 'make it an old sepia photograph')
+    mod('osc_out').send_params(op('oscout1'), strength=0.06, seed=3)
+
+The default demo model knows the ten styles in DEMO_PRESETS (one preset each) and only works at
+low strengths: 0.05 by default, at most 0.08 (a higher /strength runs at 0.08). Other models take
+any prompt and strengths up to 1.
 
 OSC Out CHOP (same address and port): name its input channels exactly as the addresses in
-CHOP_CHANNELS (a Constant CHOP with channels `/strength`, `/seed`, `/steps`; or a Rename CHOP in
-front of your MIDI In CHOP, e.g. `chan1` -> `/strength`). Each channel is sent as `/strength f`;
-whole-number floats are accepted for `/seed` and `/steps` (docs/OSC.md). Turn on the CHOP's
-"Send Events Every Cook" only if you want a steady stream; by default it sends on change.
+CHOP_CHANNELS (a Constant CHOP with channels `/strength` and `/seed`; or a Rename CHOP in front of
+your MIDI In CHOP, e.g. `chan1` -> `/strength`). Each channel is sent as `/strength f`;
+whole-number floats are accepted for `/seed` and `/steps` (docs/OSC.md). Without "Send Events
+Every Cook" it sends a channel only when its value changed.
 
 With `--osc-prefix /ns` on the server, every address starts with `/ns` (`/ns/prompt`); pass
 prefix='/ns' below and rename the CHOP channels the same way.
 """
 
 CHOP_CHANNELS = ("/strength", "/seed", "/steps", "/pause")
+# the default demo model's presets (presets/*.toml): recall_preset(dat, name)
+DEMO_PRESETS = ("pencil-sketch", "sepia", "blueprint", "thermal", "pixel-art", "invert", "watercolor",
+                "neon", "night-vision", "emboss")
 
 
 def _addr(prefix, address):
@@ -33,7 +41,8 @@ def send_prompt(osc_out_dat, text, prefix=""):
 
 
 def send_params(osc_out_dat, prefix="", **values):
-    """One message per value: strength (float 0..1], seed (int), steps (1..4), refresh (str)."""
+    """One message per value: strength (float; demo model 0.05..0.08), seed (int), steps (1..4),
+    refresh (str)."""
     for name, value in values.items():
         if isinstance(value, bool):
             value = int(value)

@@ -19,7 +19,7 @@ import pytest
 
 from ndi_peer import LOOPBACK, PeerReceiver, PeerSender, ndi, unique
 
-from bridges.ndi import NDI_ID_BASE, NdiReceiver, NdiSender, pixels
+from bridges.ndi import NDI_ID_BASE, NdiReceiver, NdiSender, list_sources, pixels
 from node_server.cli import main
 
 TOL = 16  # levels (of 255) a block's interior mean may move through NDI's codec
@@ -319,3 +319,33 @@ def test_ndi_list_shows_sources_with_addresses(capsys):
     line = next((l for l in out.splitlines() if f"({name})" in l), None)
     assert line is not None, out
     assert line.startswith('"') and "127.0.0.1:59" in line
+
+
+def test_groups_partition_sources(receiver_for):
+    """--ndi-groups: the output is published in the group and the receiver looks there; a finder
+    looking in the default group (public) does not see it."""
+    group, name = unique("group"), unique("grouped")
+    sender = NdiSender(name, groups=group)
+    sender.start()
+    stop = threading.Event()
+    picture = pattern(64, 48)
+
+    def pump():
+        while not stop.is_set():
+            sender.publish({"id": 1}, picture)
+            time.sleep(0.03)
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    try:
+        receiver, got = receiver_for(name, groups=group)
+        got.wait(lambda g: len(g.frames) >= 2, what="frames from a source in a group")
+        assert_same_picture(got.frames[-1][1], picture)
+        in_group = [s.name for s in list_sources(LOOPBACK, group, wait=3.0)]
+        public = [s.name for s in list_sources(LOOPBACK, None, wait=3.0)]
+    finally:
+        stop.set()
+        pumper.join(5)
+        assert sender.close(timeout=5.0)
+    assert any(n.endswith(f"({name})") for n in in_group), in_group
+    assert not any(n.endswith(f"({name})") for n in public), public

@@ -44,7 +44,7 @@ def test_fourcc_codes_are_the_sdks():
     assert pixels.describe(0x01020304).startswith("FourCC 0x")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9), st.just(3))))
 def test_rgb_to_uyvy_matches_the_bt709_formula(rgb):
     rgb = np.repeat(rgb, 2, axis=1)  # pixel pairs of one colour: chroma is then exact, not averaged
@@ -56,7 +56,7 @@ def test_rgb_to_uyvy_matches_the_bt709_formula(rgb):
     assert 16 <= uyvy[:, :, 1].min() and uyvy[:, :, 1].max() <= 235
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9).map(lambda n: 2 * n), st.just(2))))
 def test_uyvy_to_rgb_matches_the_bt709_formula_on_any_bytes(uyvy):
     rgb = pixels.uyvy_to_rgb(uyvy)
@@ -68,7 +68,7 @@ def test_uyvy_to_rgb_matches_the_bt709_formula_on_any_bytes(uyvy):
     assert np.abs(rgb - ref).max() <= 1.01  # out-of-gamut bytes clip like the formula
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 8), st.integers(1, 8), st.just(3))))
 def test_uyvy_round_trip_keeps_colours(rgb):
     rgb = np.repeat(rgb, 2, axis=1)
@@ -120,7 +120,7 @@ def test_frame_view_refuses_non_bytes():
         pixels.frame_view(np.zeros((2, 2, 4), np.float32), pixels.BGRX, 2, 2)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.sampled_from(list(pixels.BYTES_PER_PIXEL) + [0, pixels.fourcc("P216"), -1]),
        st.integers(-3, 70), st.integers(-3, 70), st.integers(0, 600))
 def test_frame_view_never_raises_anything_else(code, w, h, size):
@@ -146,7 +146,7 @@ def test_t_from_metadata_and_timestamp():
         assert parse_t(bad) is None, bad
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.one_of(st.text(max_size=300), st.builds(lambda a, b: f"<node_server {a}t=\"{b}\"/>", st.text(max_size=40),
                                                   st.text(max_size=40)), st.none(), st.integers(), st.binary()))
 def test_parse_t_never_raises(text):
@@ -181,7 +181,7 @@ def test_source_query_exact_stream_and_contains():
     assert SourceQuery("~Arena").describe() == 'first source containing "Arena"'
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.text(max_size=20), st.lists(st.tuples(st.text(max_size=30), st.text(max_size=10)), max_size=6))
 def test_source_query_picks_only_listed_sources(text, sources):
     pick = SourceQuery(text).pick(sources)

@@ -10,6 +10,8 @@ output read with our BT.709 conversion by up to 4. Any two colours of the patter
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -144,7 +146,7 @@ def test_size_change_mid_stream_is_followed(receiver_for):
 
 def test_sender_gone_and_back_at_a_new_address(receiver_for):
     name = unique("comeback")
-    receiver, got = receiver_for(name, renew=1.0, stale=0.5)
+    receiver, got = receiver_for(name, stale=0.5)
     first, second = pattern(64, 48), pattern(64, 48, shift=3)
     sender = PeerSender(name)
     feed(sender, first, lambda: len(got.frames) >= 2)
@@ -349,3 +351,38 @@ def test_groups_partition_sources(receiver_for):
         assert sender.close(timeout=5.0)
     assert any(n.endswith(f"({name})") for n in in_group), in_group
     assert not any(n.endswith(f"({name})") for n in public), public
+
+
+_SENDER_PROGRAM = """
+import sys, time
+import numpy as np, NDIlib as ndi
+assert ndi.initialize()
+settings = ndi.SendCreate()
+settings.ndi_name = sys.argv[1]
+sender = ndi.send_create(settings)
+frame = ndi.VideoFrameV2()
+frame.data = np.zeros((16, 16, 4), np.uint8)
+frame.FourCC = ndi.FOURCC_VIDEO_TYPE_BGRX
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_ndi_list_sees_every_program_on_the_machine(capsys):
+    """Three NDI programs on one machine share TCP 5960; one query reaches one of them. ndi-list
+    asks again and again, so it lists all three programs' sources."""
+    names = [unique("prog") for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", _SENDER_PROGRAM, n], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for n in names[1:]]
+    sender = PeerSender(names[0])
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        listed = {s.name for s in list_sources(LOOPBACK, wait=6.0)}
+    finally:
+        sender.close()
+        for p in procs:
+            p.stdin.close()
+            p.wait(10)
+    for n in names:
+        assert any(s.endswith(f"({n})") for s in listed), (n, listed)

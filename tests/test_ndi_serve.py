@@ -221,6 +221,6 @@ def test_serve_command_with_ndi_clients_attached_stops_on_sigint():
             peer.close()
         sender.close()
     assert proc.returncode == 0, err
-    assert elapsed < 10.0, elapsed
+    assert elapsed < 20.0, elapsed  # about 3 s on an idle 2-core machine, NDI or not
     assert "node-server serve: stopped" in err
     assert f'frames out  ndi "{dst}"' in out and f'ndi "{src}": 64x48 BGRX' in out

@@ -2,16 +2,17 @@
 
 The loop:
 
-1. no source yet: look in the finder's list for the one `--ndi-in` asks for (`SourceQuery`); while
-   it is missing, wait for list changes and renew the finder every `renew` seconds (see
+1. no source yet: look in the finders' lists for the one `--ndi-in` asks for (`SourceQuery`); while
+   it is missing, wait for list changes, the probe finder asking again four times a second (see
    `sources.py` for why), so a source that starts after the server is picked up when it appears;
 2. found: `recv_connect` to it and `recv_capture_v2` video only, `timeout` at a time; each frame
    is read in the pixel format it comes in (the receiver asks the runtime for BGRX/BGRA, or UYVY
    with `color_format="uyvy"`), converted to HxWx3 RGB (`pixels.py`) and handed on with its `t`;
    a new size, pixel format or frame rate is announced, and simply followed (the engine resizes);
 3. the connection gone (no connection and no video for `stale` seconds): announced once; the
-   runtime keeps retrying the same address, and the finder is asked again every `renew` seconds,
-   so a source that comes back at a new address (a restarted program gets a new port) is followed.
+   runtime keeps retrying the same address, and the finders are asked again every `stale / 2`
+   seconds, so a source that comes back at a new address (a restarted program gets a new port)
+   is followed.
 
 There is no frame-rate cap: every frame is handed on at once. What happens to frames that come
 faster than the engine is the server's business (its freshest-frame buffer). A frame that cannot
@@ -62,7 +63,6 @@ class NdiReceiver:
         ndilib: Any = None,
         recv_name: str = "node-server",
         timeout: float = 0.1,
-        renew: float = 2.0,
         stale: float = 1.0,
         first_id: int = NDI_ID_BASE,
     ):
@@ -78,7 +78,6 @@ class NdiReceiver:
         self.lib = load_ndilib(ndilib)
         self.recv_name = recv_name
         self.timeout = timeout
-        self.renew = renew
         self.stale = stale
         self._next_id = first_id
         self._stop = threading.Event()
@@ -149,7 +148,7 @@ class NdiReceiver:
                     last_video = now
                     self._frame(recv, video)
                     continue
-                if now - last_check < min(self.stale, self.renew) / 2:
+                if now - last_check < self.stale / 2:
                     continue
                 last_check = now
                 if lib.recv_get_no_connections(recv) > 0 or now - last_video < self.stale:
@@ -157,8 +156,7 @@ class NdiReceiver:
                 if self.connected:
                     self.connected, self.gone = False, True
                     self.on_event(f"{self.label}: source gone; waiting for it")
-                if finder.age() >= self.renew:
-                    finder.renew()
+                finder.tick()
                 self._follow(recv, finder)
             except Exception as exc:  # a binding failure on one call: report, slow down, go on
                 self.on_error(f"NDI receive failed: {type(exc).__name__}: {exc}")
@@ -171,8 +169,7 @@ class NdiReceiver:
         finder.wait(timeout_ms)
         if self._follow(recv, finder):
             return
-        if finder.age() >= self.renew:
-            finder.renew()
+        finder.tick()
 
     def _follow(self, recv: Any, finder: Discovery) -> bool:
         """Connect to the source the query picks if it is not the one connected to; True if it did."""

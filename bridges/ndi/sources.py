@@ -1,16 +1,16 @@
-"""Finding NDI sources: what `--ndi-in` asks for, a finder that keeps looking, and `ndi-list`.
+"""Finding NDI sources: what `--ndi-in` asks for, the finders that keep looking, and `ndi-list`.
 
 An NDI source's name is `MACHINE (STREAM)`, e.g. `STUDIO-PC (TouchDesigner)`. `--ndi-in NAME`
 takes the source whose full name is NAME, or else the one whose stream name is NAME;
 `--ndi-in ~TEXT` takes the first source whose full name contains TEXT (case-insensitive; `~`
 alone takes the first source seen).
 
-Why the finder is renewed: every NDI program on a machine listens on TCP port 5960 with the port
-shared, so one unicast query to that machine's address (an `--ndi-extra-ips` entry, or 127.0.0.1
-on loopback) reaches one program and lists only that program's sources (seen on Linux with three
-programs: each new finder saw one of them). A new finder makes new connections, so while the
-source sought is missing the finder is replaced every `renew` seconds until it shows up.
-"""
+Why a probe finder: every NDI program on a machine listens on TCP port 5960 with the port shared,
+so one unicast query to that machine's address (an `--ndi-extra-ips` entry, or 127.0.0.1 on
+loopback) reaches one program and lists only that program's sources (seen on Linux with three
+programs: each new finder saw one of them, chosen at random, its answer there within 3 ms). So
+with extra IPs a second finder is replaced every `probe_every` seconds (0.25 s: four programs
+asked a second), beside the one that lives on (mDNS answers take their time)."""
 
 from __future__ import annotations
 
@@ -54,53 +54,82 @@ class SourceQuery:
         return full or next((s for s in sources if stream_name(s[0]) == self.text), None)
 
 
+class _Finder:
+    """One `find_create_v2` finder, made on first use; owned by one thread."""
+
+    def __init__(self, lib: Any, settings: Callable[[], Any], clock: Callable[[], float]):
+        self.lib, self.settings, self.clock = lib, settings, clock
+        self.handle: Any = None
+        self.born = 0.0
+
+    def get(self) -> Any:
+        if self.handle is None:
+            handle = self.lib.find_create_v2(self.settings())
+            if handle is None:
+                raise RuntimeError("NDI finder could not be created")
+            self.handle, self.born = handle, self.clock()
+        return self.handle
+
+    def age(self) -> float:
+        return self.clock() - self.born if self.handle is not None else 0.0
+
+    def close(self) -> None:
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            self.lib.find_destroy(handle)
+
+
 class Discovery:
-    """An NDI finder (`find_create_v2`) that can be renewed; owned by one thread."""
+    """The NDI sources seen now: a finder that lives as long as this object, and with extra IPs a
+    probe finder replaced every `probe_every` seconds (see the module's docstring)."""
 
     def __init__(self, lib: Any, extra_ips: str | None = None, groups: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 probe_every: float = 0.25, clock: Callable[[], float] = time.monotonic):
         self.lib = lib
         self.extra_ips = ",".join(split_list(extra_ips)) or None
         self.groups = ",".join(split_list(groups)) or None
-        self.clock = clock
-        self._finder: Any = None
-        self._born = 0.0
-        self.renewals = 0
+        self.probe_every = probe_every
 
-    def _ensure(self) -> Any:
-        if self._finder is None:
-            finder = self.lib.find_create_v2(find_settings(self.lib, self.extra_ips, self.groups))
-            if finder is None:
-                raise RuntimeError("NDI finder could not be created")
-            self._finder, self._born = finder, self.clock()
-        return self._finder
+        def settings() -> Any:
+            return find_settings(lib, self.extra_ips, self.groups)
 
-    def age(self) -> float:
-        return self.clock() - self._born if self._finder is not None else 0.0
+        self._main = _Finder(lib, settings, clock)
+        self._probe = _Finder(lib, settings, clock) if self.extra_ips else None
+        self.probes = 0  # probe finders made
+
+    def _finders(self) -> list[_Finder]:
+        return [f for f in (self._probe, self._main) if f is not None]  # the probe's answer is the fresher
 
     def wait(self, timeout_ms: int) -> None:
-        """Block up to `timeout_ms` for the source list to change (the binding releases the GIL)."""
-        self.lib.find_wait_for_sources(self._ensure(), int(timeout_ms))
+        """Block up to `timeout_ms` for the long-lived finder's list to change (the GIL is released)."""
+        self.lib.find_wait_for_sources(self._main.get(), int(timeout_ms))
 
     def sources(self) -> list[tuple[str, str]]:
-        return current_sources(self.lib, self._ensure())
+        """(name, address) of every source seen now, each name once."""
+        seen: dict[str, str] = {}
+        for finder in self._finders():
+            if finder is self._probe and finder.handle is None:
+                self.probes += 1
+            for name, address in current_sources(self.lib, finder.get()):
+                seen.setdefault(name, address)
+        return list(seen.items())
 
     def raw_source(self, name: str, address: str) -> Any:
-        """The binding's own source object for (name, address), valid until the next finder call."""
-        for source in self.lib.find_get_current_sources(self._ensure()):
-            if str(source.ndi_name) == name and str(source.url_address or "") == address:
-                return source
+        """The binding's own source object for (name, address), valid until the next call on it."""
+        for finder in self._finders():
+            for source in self.lib.find_get_current_sources(finder.get()):
+                if str(source.ndi_name) == name and str(source.url_address or "") == address:
+                    return source
         return None
 
-    def renew(self) -> None:
-        self.close()
-        self.renewals += 1
-        self._ensure()
+    def tick(self) -> None:
+        """Replace the probe finder once it is `probe_every` old (its answer has been read)."""
+        if self._probe is not None and self._probe.age() >= self.probe_every:
+            self._probe.close()
 
     def close(self) -> None:
-        if self._finder is not None:
-            finder, self._finder = self._finder, None
-            self.lib.find_destroy(finder)
+        for finder in self._finders():
+            finder.close()
 
 
 @dataclass(frozen=True)
@@ -110,31 +139,23 @@ class SourceEntry:
 
 
 def list_sources(extra_ips: str | None = None, groups: str | None = None, wait: float = 2.0,
-                 ndilib: Any = None, renew: float = 0.5) -> list[SourceEntry]:
-    """Every source seen within `wait` seconds, sorted by name.
-
-    One finder lives for the whole wait (mDNS answers can take a moment); with extra IPs a second
-    finder is renewed every `renew` seconds so that each program on those machines gets asked.
-    """
+                 ndilib: Any = None, probe_every: float = 0.25) -> list[SourceEntry]:
+    """Every source seen within `wait` seconds, sorted by name (see `Discovery`)."""
     lib = load_ndilib(ndilib)
-    main = Discovery(lib, extra_ips, groups)
-    probe = Discovery(lib, extra_ips, groups) if main.extra_ips else None
+    finders = Discovery(lib, extra_ips, groups, probe_every=probe_every)
     seen: dict[str, str] = {}
     deadline = time.monotonic() + max(0.0, wait)
     try:
         while True:
-            for finder in (main, probe):
-                if finder is not None:
-                    for name, address in finder.sources():
-                        seen.setdefault(name, address)
+            for name, address in finders.sources():
+                seen.setdefault(name, address)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            main.wait(int(min(left, renew) * 1000))
-            if probe is not None and probe.age() >= renew:
-                probe.renew()
+            finders.wait(int(min(left, probe_every) * 1000))
+            finders.tick()
+        for name, address in finders.sources():
+            seen.setdefault(name, address)
     finally:
-        main.close()
-        if probe is not None:
-            probe.close()
+        finders.close()
     return [SourceEntry(name, seen[name]) for name in sorted(seen, key=str.casefold)]

@@ -108,9 +108,9 @@ class NdiReceiver:
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         lib = self.lib
-        finder = Discovery(lib, self.extra_ips, self.groups)
-        recv = None
+        finder = recv = None
         try:
+            finder = Discovery(lib, self.extra_ips, self.groups)
             settings = lib.RecvCreateV3()
             settings.color_format = (lib.RECV_COLOR_FORMAT_UYVY_BGRA if self.color_format == "uyvy"
                                      else lib.RECV_COLOR_FORMAT_BGRX_BGRA)
@@ -128,7 +128,8 @@ class NdiReceiver:
             try:
                 if recv is not None:
                     lib.recv_destroy(recv)
-                finder.close()
+                if finder is not None:
+                    finder.close()
             except Exception:
                 pass
 

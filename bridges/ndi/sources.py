@@ -5,12 +5,13 @@ takes the source whose full name is NAME, or else the one whose stream name is N
 `--ndi-in ~TEXT` takes the first source whose full name contains TEXT (case-insensitive; `~`
 alone takes the first source seen).
 
-Why a probe finder: every NDI program on a machine listens on TCP port 5960 with the port shared,
+Why probe finders: every NDI program on a machine listens on TCP port 5960 with the port shared,
 so one unicast query to that machine's address (an `--ndi-extra-ips` entry, or 127.0.0.1 on
 loopback) reaches one program and lists only that program's sources (seen on Linux with three
-programs: each new finder saw one of them, chosen at random, its answer there within 3 ms). So
-with extra IPs a second finder is replaced every `probe_every` seconds (0.25 s: four programs
-asked a second), beside the one that lives on (mDNS answers take their time)."""
+programs: each new finder saw one of them, chosen at random, its answer there within 3 ms on an
+idle machine). So with extra IPs, beside the finder that lives on (mDNS answers take their time),
+a new probe finder starts every `probe_every` seconds (0.25 s: four programs asked a second) and
+each lives `probe_life` seconds (1 s, time to answer on a loaded machine)."""
 
 from __future__ import annotations
 
@@ -80,25 +81,31 @@ class _Finder:
 
 
 class Discovery:
-    """The NDI sources seen now: a finder that lives as long as this object, and with extra IPs a
-    probe finder replaced every `probe_every` seconds (see the module's docstring)."""
+    """The NDI sources seen now: a finder that lives as long as this object, and with extra IPs
+    probe finders started every `probe_every` seconds, each living `probe_life` seconds (see the
+    module's docstring)."""
 
     def __init__(self, lib: Any, extra_ips: str | None = None, groups: str | None = None,
-                 probe_every: float = 0.25, clock: Callable[[], float] = time.monotonic):
+                 probe_every: float = 0.25, probe_life: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.lib = lib
         self.extra_ips = ",".join(split_list(extra_ips)) or None
         self.groups = ",".join(split_list(groups)) or None
         self.probe_every = probe_every
+        self.probe_life = max(probe_life, probe_every)
+        self._clock = clock
 
         def settings() -> Any:
             return find_settings(lib, self.extra_ips, self.groups)
 
+        self._settings = settings
         self._main = _Finder(lib, settings, clock)
-        self._probe = _Finder(lib, settings, clock) if self.extra_ips else None
+        self._probes: list[_Finder] = []  # youngest first
         self.probes = 0  # probe finders made
+        self.tick()
 
     def _finders(self) -> list[_Finder]:
-        return [f for f in (self._probe, self._main) if f is not None]  # the probe's answer is the fresher
+        return [*self._probes, self._main]  # the youngest answer first: the freshest
 
     def wait(self, timeout_ms: int) -> None:
         """Block up to `timeout_ms` for the long-lived finder's list to change (the GIL is released)."""
@@ -108,8 +115,6 @@ class Discovery:
         """(name, address) of every source seen now, each name once."""
         seen: dict[str, str] = {}
         for finder in self._finders():
-            if finder is self._probe and finder.handle is None:
-                self.probes += 1
             for name, address in current_sources(self.lib, finder.get()):
                 seen.setdefault(name, address)
         return list(seen.items())
@@ -123,13 +128,21 @@ class Discovery:
         return None
 
     def tick(self) -> None:
-        """Replace the probe finder once it is `probe_every` old (its answer has been read)."""
-        if self._probe is not None and self._probe.age() >= self.probe_every:
-            self._probe.close()
+        """Start a probe finder when the youngest is `probe_every` old; end those `probe_life` old."""
+        if not self.extra_ips:
+            return
+        while self._probes and self._probes[-1].age() >= self.probe_life:
+            self._probes.pop().close()
+        if not self._probes or self._probes[0].age() >= self.probe_every:
+            probe = _Finder(self.lib, self._settings, self._clock)
+            probe.get()  # it starts asking now
+            self._probes.insert(0, probe)
+            self.probes += 1
 
     def close(self) -> None:
         for finder in self._finders():
             finder.close()
+        self._probes.clear()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth-model": ("synth_model", "write a random-weight model folder (tiny or paper shapes)"),
     "synth-lllite": ("synth_lllite", "write a random ControlNet-LLLite adapter file for a model"),
     "spout-list": ("spout_list", "list the Spout senders running on this machine (Windows)"),
+    "ndi-list": ("ndi_list", "list the NDI sources seen from this machine, with their addresses"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`node-server serve`: frames over ZeroMQ and/or Spout, control over OSC, until SIGINT/SIGTERM.
+"""`node-server serve`: frames over ZeroMQ, Spout and/or NDI, control over OSC, until SIGINT/SIGTERM.
 
 The model loads on a background thread so that a signal during a long load still ends the process
 at once; the main thread only waits for a stop request and then closes everything.
@@ -30,8 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also take frames from this Spout sender (Windows; \"\" = Spout's active sender; "
                         "node-server spout-list shows the senders)")
     p.add_argument("--spout-out", default=None, metavar="NAME", help="also send every output as this Spout sender (Windows)")
+    p.add_argument("--ndi-in", default=None, metavar="NAME",
+                   help="also take frames from this NDI source: its name (\"MACHINE (STREAM)\" or STREAM) or "
+                        "~TEXT for the first source containing TEXT; waits for it (node-server ndi-list shows them)")
+    p.add_argument("--ndi-out", default=None, metavar="NAME", help="also send every output as this NDI source")
+    p.add_argument("--ndi-extra-ips", default=None, metavar="IPS",
+                   help="comma-separated machines to ask for NDI sources directly (networks without mDNS; "
+                        "127.0.0.1 for this machine)")
+    p.add_argument("--ndi-groups", default=None, metavar="GROUPS",
+                   help="comma-separated NDI groups to find sources in and to send to (default: public)")
+    p.add_argument("--ndi-out-format", default=None, choices=("bgrx", "uyvy"),
+                   help="pixel format of the NDI output (default bgrx)")
     p.add_argument("--no-zmq", action="store_const", const=True, default=None,
-                   help="no ZeroMQ sockets: frames only over Spout (needs --spout-in and --spout-out)")
+                   help="no ZeroMQ sockets: frames only over Spout/NDI (needs an input and an output)")
     p.add_argument("--oscquery-port", type=int, default=None,
                    help="OSCQuery HTTP/WebSocket port, also the web console's (default 9001; 0 = off)")
     p.add_argument("--console-token", default=None, metavar="TOKEN",
@@ -55,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
          "console_token",
          "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq",
+         "ndi_in", "ndi_out", "ndi_extra_ips", "ndi_groups", "ndi_out_format",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 
 

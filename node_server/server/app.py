@@ -79,6 +79,8 @@ class ServerApp:
             self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error)
         self.spout_in: Any = None  # bridges.spout.SpoutReceiver with --spout-in
         self.spout_out: Any = None  # bridges.spout.SpoutSender with --spout-out
+        self.ndi_in: Any = None  # bridges.ndi.NdiReceiver with --ndi-in
+        self.ndi_out: Any = None  # bridges.ndi.NdiSender with --ndi-out
         self._sinks: list[Callable[[dict[str, Any], Any], None]] = []  # every enabled frame output
         self.loop: FrameLoop | None = None
         self.control: Any = None  # OscControl when OSC is on
@@ -99,6 +101,7 @@ class ServerApp:
         if self.config.preset:  # a typo should fail now, not after a long model load
             self._preset_store().recall(self.config.preset)
         self._make_spout()  # SpoutGL missing fails here, before anything is bound
+        self._make_ndi()  # so does the NDI binding
         if self.zmq is not None:
             self.zmq.bind()
             self._sinks.append(self.zmq.publish)
@@ -115,6 +118,11 @@ class ServerApp:
             self._sinks.append(self.spout_out.publish)
         if self.spout_in is not None:
             self.spout_in.start()
+        for bridge in (self.ndi_out, self.ndi_in):
+            if bridge is not None:
+                bridge.start()
+        if self.ndi_out is not None:
+            self._sinks.append(self.ndi_out.publish)
         self._banner()
 
     def _make_spout(self) -> None:
@@ -138,6 +146,28 @@ class ServerApp:
         except SpoutUnavailable as exc:
             raise NodeServerError(f"--spout-in/--spout-out: {exc}") from None
 
+    def _make_ndi(self) -> None:
+        """Build the NDI receiver/sender asked for (threads start later); the NDI binding loads here."""
+        cfg = self.config
+        if cfg.ndi_in is None and cfg.ndi_out is None:
+            return
+        from bridges.ndi import NdiReceiver, NdiSender, NdiUnavailable
+
+        from ..errors import NodeServerError
+
+        def event(text: str) -> None:
+            self._say(f"node-server serve: {text}")
+
+        try:
+            if cfg.ndi_in is not None:
+                self.ndi_in = NdiReceiver(cfg.ndi_in, self.submit_frame, on_error=self.report_error, on_event=event,
+                                          extra_ips=cfg.ndi_extra_ips, groups=cfg.ndi_groups)
+            if cfg.ndi_out is not None:
+                self.ndi_out = NdiSender(cfg.ndi_out, on_error=self.report_server_error, on_event=event,
+                                         groups=cfg.ndi_groups, pixel_format=cfg.ndi_out_format)
+        except NdiUnavailable as exc:
+            raise NodeServerError(f"--ndi-in/--ndi-out: {exc}") from None
+
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
@@ -152,6 +182,11 @@ class ServerApp:
             self._say(f"  frames in   {self.spout_in.label}  (Spout receiver; waits for the sender)")
         if self.spout_out is not None:
             self._say(f"  frames out  {self.spout_out.label}  (Spout sender)")
+        if self.ndi_in is not None:
+            ips = f"; also asks {self.config.ndi_extra_ips}" if self.config.ndi_extra_ips else ""
+            self._say(f"  frames in   {self.ndi_in.label}  (NDI receiver; waits for the source{ips})")
+        if self.ndi_out is not None:
+            self._say(f"  frames out  {self.ndi_out.label}  (NDI source, {self.config.ndi_out_format.upper()})")
         for line in self._control_lines():
             self._say("  " + line)
 
@@ -205,6 +240,8 @@ class ServerApp:
             self.zmq.stop_receiving(timeout=0.5)
         if self.spout_in is not None:
             self.spout_in.close(timeout=0.5)
+        if self.ndi_in is not None:
+            self.ndi_in.close(timeout=0.5)
         loop_done = True
         if self.loop is not None:
             self.loop.stop()
@@ -215,6 +252,8 @@ class ServerApp:
             self.zmq.close(close_pub=loop_done)
         if self.spout_out is not None:
             self.spout_out.close(timeout=0.5)
+        if self.ndi_out is not None:
+            self.ndi_out.close(timeout=0.5)
         if self._engine is not None and loop_done:
             self._engine.close()
 
@@ -223,7 +262,7 @@ class ServerApp:
         self.submit_frame(header.id, pixels, recv, recv_wall, header.t)
 
     def submit_frame(self, frame_id: int, pixels: Any, recv: float, recv_wall: float, t: float | None = None) -> None:
-        """Every frame source (ZeroMQ, Spout) lands here: one buffer, one set of counters."""
+        """Every frame source (ZeroMQ, Spout, NDI) lands here: one buffer, one set of counters."""
         if self._paused:
             self.stats.add_dropped(1)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -56,7 +57,12 @@ class ServeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     spout_in: str | None = None  # Spout sender to receive from ("" = Spout's active sender); Windows
     spout_out: str | None = None  # Spout sender name to send outputs under; Windows
-    no_zmq: bool = False  # True: no ZeroMQ sockets (frames only over Spout)
+    no_zmq: bool = False  # True: no ZeroMQ sockets (frames only over Spout/NDI)
+    ndi_in: str | None = None  # NDI source to receive from: a name, or ~TEXT (docs/NDI.md)
+    ndi_out: str | None = None  # NDI source name to send outputs under
+    ndi_extra_ips: str | None = None  # comma-separated machines to ask for sources (no mDNS needed)
+    ndi_groups: str | None = None  # comma-separated NDI groups to look in and send to (None: public)
+    ndi_out_format: str = "bgrx"  # bgrx | uyvy: the pixel format the NDI output sends
     lllite: str | None = None  # a ControlNet-LLLite adapter file (docs/LLLITE.md)
     lllite_blocks: str | None = None  # None: every hook in the file
     lllite_source: str | None = None  # None: temporal
@@ -122,6 +128,8 @@ def _check(key: str, value: Any, origin: str) -> Any:
         parse_host_port(value, f"{origin}: feedback")
     if key == "console_token" and not (8 <= len(value) <= 256 and value.isprintable() and " " not in value):
         raise NodeServerError(f"{origin}: console_token must be 8..256 printable characters without spaces")
+    if key.startswith("ndi_"):
+        check_ndi(key, value, origin)
     if key in ("spout_in", "spout_out"):
         if len(value.encode()) > 255 or "\0" in value:
             raise NodeServerError(f"{origin}: {key} must be a Spout sender name of at most 255 bytes, got {value!r}")
@@ -171,12 +179,28 @@ def resolve(flags: dict[str, Any], config_file: str | None = None) -> ServeConfi
     return config
 
 
+def check_ndi(key: str, value: str, origin: str) -> None:
+    """The NDI keys: names of at most 255 bytes, address lists without spaces, a known format."""
+    if key in ("ndi_in", "ndi_out") and (not value or len(value.encode()) > 255 or "\0" in value):
+        what = "a source name or ~TEXT" if key == "ndi_in" else "a source name"
+        raise NodeServerError(f"{origin}: {key} needs {what} of 1..255 bytes, got {value!r}")
+    if key == "ndi_extra_ips":
+        bad = [a for a in value.split(",") if a.strip() and not re.fullmatch(r"[A-Za-z0-9.:%\[\]-]+", a.strip())]
+        if bad:
+            raise NodeServerError(f"{origin}: ndi_extra_ips must be comma-separated IP addresses or host names, "
+                                  f"got {bad[0]!r}")
+    if key == "ndi_out_format" and value not in ("bgrx", "uyvy"):
+        raise NodeServerError(f"{origin}: ndi_out_format must be bgrx or uyvy, got {value!r}")
+
+
 def check_frame_paths(config: ServeConfig) -> None:
-    """Without ZeroMQ, Spout must bring frames in and take them out."""
+    """Without ZeroMQ, Spout or NDI must bring frames in and take them out."""
     if not config.no_zmq:
         return
-    missing = [flag for flag, value in (("--spout-in NAME", config.spout_in), ("--spout-out NAME", config.spout_out))
-               if value is None]
+    missing = [side for side, given in (("in", (config.spout_in, config.ndi_in)),
+                                        ("out", (config.spout_out, config.ndi_out))) if all(v is None for v in given)]
     if missing:
-        raise NodeServerError(f"--no-zmq turns ZeroMQ off, so frames need {' and '.join(missing)} "
-                              "(Spout) to come in and go out")
+        spout = " and ".join(f"--spout-{side} NAME" for side in missing)
+        ndi = " and ".join(f"--ndi-{side} NAME" for side in missing)
+        raise NodeServerError(f"--no-zmq turns ZeroMQ off, so frames need {spout} (Spout) or {ndi} (NDI) "
+                              "to come in and go out")

@@ -47,6 +47,9 @@ class Streams:
             (stream if stream is not None else self.current()).wait_event(event)
 
     def keep_alive(self, tensor: torch.Tensor, stream=None) -> None:
-        """Tell the caching allocator that `tensor` is used on `stream` too."""
+        """Tell the caching allocator that `tensor` is used on `stream` too (a stream of another
+        device than the tensor's needs nothing: a copy between devices is ordered by events)."""
         if self.cuda and tensor is not None and tensor.is_cuda:
-            tensor.record_stream(stream if stream is not None else self.current())
+            stream = stream if stream is not None else self.current()
+            if stream.device == tensor.device:
+                tensor.record_stream(stream)

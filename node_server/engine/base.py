@@ -25,6 +25,25 @@ from .params import BATCH_RANGE, Params
 log = logging.getLogger("node_server.engine")
 
 
+def _encoder_device(choice, device: torch.device) -> torch.device:
+    """The encoder's device (`--encoder-device`; None: the engine's own), checked to exist."""
+    if choice is None:
+        return device
+    from ..errors import ParamError
+
+    try:
+        dev = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise ParamError("encoder_device", f"must be cpu, cuda or cuda:N, got {choice!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or not count:
+            raise ParamError("encoder_device", f"{choice} was asked for but this machine has {count} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ParamError("encoder_device", f"must be cpu, cuda or cuda:N, got {choice!r}")
+    return dev
+
+
 class EngineBase:
     def _place(self, bundle, size, device, dtype, encoder_device=None) -> None:
         """Set `size`, `device`, `dtype`, `encoder_device`, `bundle` and the engine's own views of
@@ -36,7 +55,7 @@ class EngineBase:
         first = next(bundle.unet.parameters())
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype if dtype is not None else first.dtype
-        self.encoder_device = torch.device(encoder_device) if encoder_device is not None else self.device
+        self.encoder_device = _encoder_device(encoder_device, self.device)
         self.bundle = bundle
         self.unet = module_view(bundle.unet, self.device, self.dtype)
         self.vae = module_view(bundle.vae, self.device, self.dtype)

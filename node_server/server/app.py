@@ -37,7 +37,7 @@ def default_engine_factory(app: "ServerApp", params: Params) -> Any:
 
     bundle = load_model(app.model, device=app.device, progress=app.progress)
     return build_engine(bundle, params, size=app.config.size, device=app.device,
-                        encoder_image_size=app.config.encoder_size,
+                        encoder_image_size=app.config.encoder_size, encoder_device=app.config.encoder_device,
                         **engine_options(dataclasses.asdict(app.config)))
 
 

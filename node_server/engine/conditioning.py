@@ -76,6 +76,17 @@ class ConditioningWorker:
         self._thread = threading.Thread(target=self._run, name="conditioning-worker", daemon=True)
         self._thread.start()
 
+    def limit_sms(self, sms: int) -> Optional[str]:
+        """Run the encodes on at most `sms` multiprocessors of the encoder's GPU (a CUDA green
+        context; see streams.partitioned_stream). Call before the first encode. Returns None when
+        done, else why not (the plain stream stays)."""
+        from .streams import partitioned_stream
+
+        stream, reason = partitioned_stream(self.encoder_streams.device, sms)
+        if stream is not None:
+            self.stream = stream
+        return reason
+
     # -- called by the frame loop ----------------------------------------------------------
     def cached(self, prompt: str) -> Optional[Conditioning]:
         with self._lock:

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .encoder import PromptEncoder, PromptTokens
-from .streams import Streams
+from .streams import Streams, canonical
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ConditioningWorker:
         # there, and frames and conditionings cross over with one copy each (`_handover`).
         self.encoder_streams = Streams(getattr(encoder, "device", streams.device))
         self.stream = self.encoder_streams.new_stream()
-        self.transfer = self.always_transfer or self.encoder_streams.device != streams.device
+        self.transfer = self.always_transfer or canonical(self.encoder_streams.device) != canonical(streams.device)
         self.copy_stream = streams.new_stream() if self.transfer else None  # main-device side of a copy
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, Conditioning]" = OrderedDict()

@@ -13,6 +13,14 @@ from typing import Optional
 import torch
 
 
+def canonical(device) -> torch.device:
+    """`device` with its index (`cuda` -> `cuda:N`, the current device), so equal devices compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Streams:
     """Stream helpers bound to one device."""
 

@@ -111,8 +111,8 @@ class PromptEncoder:
         from .encoder_forward import FixedShapeEditForward
 
         self.forward = FixedShapeEditForward(self.model.model, self.grid)
-        if compile:
-            _allow_recompiles(len(self.buckets) * 4)
+        if compile:  # one version per (batch, bucket) and encoder instance in the process
+            _allow_recompiles(64)
         self.compiled = torch.compile(self.forward, dynamic=False) if compile else None
         self.graphed = None
         if graphs and self.device.type == "cuda":
@@ -286,8 +286,9 @@ class PromptEncoder:
 
 
 def _allow_recompiles(count: int) -> None:
-    """Let dynamo keep one compiled version per (batch, bucket) of the encoder forward (its
-    default limit of 8 versions per function would fall back to eager past it)."""
+    """Let dynamo keep one compiled version per (batch, bucket) of the encoder forward, for every
+    encoder of the process (its default limit of 8 versions per function would fall back to eager
+    past it, silently slow)."""
     import torch._dynamo
 
     config = torch._dynamo.config

@@ -104,12 +104,16 @@ def test_the_module_switch_turns_cpu_padding_on(narrow_head_unet, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_padded_heads_match_on_cuda(tiny_bundle, narrow_head_unet, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     stock, ours = _pair(tiny_bundle, narrow_head_unet)
     spy = _PadSpy(monkeypatch)
-    b = _run(ours, "cuda")
+    saved = torch.backends.cuda.matmul.allow_tf32  # (monkeypatch would delete this setting on undo)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        b = _run(ours, "cuda")
+        a = _run(stock, "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
     assert {c[0] for c in spy.calls} == {10, 20}  # the GPU pads the narrow heads
-    a = _run(stock, "cuda")
     err = (a - b).norm() / a.norm()
     assert err < 1e-5, float(err)
 

@@ -59,20 +59,23 @@ def test_encoder_device_and_sm_partition_rows(tmp_path, capsys):
     assert row["encoder_sm_partition"] == "not a CUDA device"  # the CPU keeps its plain stream
 
 
-def test_inductor_settings_are_applied_and_recorded(tmp_path, monkeypatch):
+def test_inductor_settings_are_applied_and_recorded(tmp_path):
     import torch._inductor.config as config
 
-    monkeypatch.setattr(config, "freezing", config.freezing)
-    monkeypatch.setattr(config, "coordinate_descent_tuning", config.coordinate_descent_tuning)
-    assert main(COMMON + ["--points", "I", "--inductor", "freezing=true", "--inductor", "coordinate_descent_tuning=1",
-                          "--out", str(tmp_path)]) == 0
-    assert config.freezing is True and config.coordinate_descent_tuning == 1
-    meta = _rows(tmp_path)["meta"]
-    assert meta["inductor.freezing"] is True and meta["inductor_cache"] == str((tmp_path / "cache").resolve())
-    with pytest.raises(SystemExit, match="no 'no_such_knob'"):
-        main(COMMON + ["--points", "I", "--inductor", "no_such_knob=1", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        main(COMMON + ["--points", "I", "--inductor", "freezing", "--out", str(tmp_path / "y")])
+    # saved and put back by hand: monkeypatch's undo would delete the settings from the config module
+    saved = config.freezing, config.coordinate_descent_tuning
+    try:
+        assert main(COMMON + ["--points", "I", "--inductor", "freezing=true", "--inductor",
+                              "coordinate_descent_tuning=1", "--out", str(tmp_path)]) == 0
+        assert config.freezing is True and config.coordinate_descent_tuning == 1
+        meta = _rows(tmp_path)["meta"]
+        assert meta["inductor.freezing"] is True and meta["inductor_cache"] == str((tmp_path / "cache").resolve())
+        with pytest.raises(SystemExit, match="no 'no_such_knob'"):
+            main(COMMON + ["--points", "I", "--inductor", "no_such_knob=1", "--out", str(tmp_path / "x")])
+        with pytest.raises(SystemExit, match="KEY=VALUE"):
+            main(COMMON + ["--points", "I", "--inductor", "freezing", "--out", str(tmp_path / "y")])
+    finally:
+        config.freezing, config.coordinate_descent_tuning = saved
 
 
 def test_kernel_kinds_and_the_printed_profile():

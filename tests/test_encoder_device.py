@@ -129,14 +129,17 @@ def test_an_engine_places_its_encoder_where_asked(tiny_bundle):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_two_gpus_match_one(tiny_bundle, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def test_two_gpus_match_one(tiny_bundle):
     params = Params().replace(prompt="oil painting", batch_size=2, refresh="every-batch")
     batches = [[frame(2 * k), frame(2 * k + 1)] for k in range(3)]
     changes = {1: {"prompt": "neon city"}}
     common = dict(device="cuda:0", dtype=torch.float32, compile="graphs")
-    one = _run(tiny_bundle, params, batches, changes, **common)
-    two = _run(tiny_bundle, params, batches, changes, encoder_device="cuda:1", **common)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the same arithmetic on both
+    try:
+        one = _run(tiny_bundle, params, batches, changes, **common)
+        two = _run(tiny_bundle, params, batches, changes, encoder_device="cuda:1", **common)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     for a, b in zip(one, two):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -146,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
         size = (frame_size_for(spec),) * 2
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
+    placement = {"encoder_device": args.encoder_device} if args.encoder_device else {}
     engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,
-                          encoder_device=args.encoder_device, **engine_options(vars(args)))
+                          **placement, **engine_options(vars(args)))
     try:
         engine.warmup(progress=verbose)
         latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)

@@ -160,9 +160,15 @@ class CapturedCalls:
         for _ in range(self.warmup):  # compiles (the first time) and settles the allocator
             self.fn(*inputs)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the frame loop keeps running (and replaying its own graphs) meanwhile.
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"):
+        # Captured on this thread's own stream, with no device-wide synchronize or cache release
+        # around it (torch.cuda.graph() does both): the frame loop keeps running, replaying its own
+        # graphs and allocating, meanwhile. thread_local: only this thread's calls are checked.
+        stream.synchronize()
+        graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+        try:
             out = self.fn(*inputs)
+        finally:
+            graph.capture_end()
         self._graphs[key] = (graph, inputs, out)
         self.capture_seconds[key] = time.perf_counter() - start
         graph.replay()

@@ -97,7 +97,7 @@ def test_frame_loop_never_waits_for_the_encoder_on_the_copy_path(tiny_bundle, mo
                       encoder_device="cpu") as eng:
         img = frame(9)
         eng.step([img], [0])  # the first conditioning is in place
-        real, started, slow = eng.encoder.encode, threading.Event(), 1.5
+        real, started, slow = eng.encoder.encode, threading.Event(), 3.0  # long: a loaded CI machine steps slowly
 
         def slow_encode(tokens, frames):
             started.set()
@@ -115,7 +115,7 @@ def test_frame_loop_never_waits_for_the_encoder_on_the_copy_path(tiny_bundle, mo
             gaps.append(now - last)
             last = now
             delivered += 1
-        assert delivered >= 5 and max(gaps) < slow / 2, (delivered, max(gaps))
+        assert delivered >= 4 and max(gaps) < slow / 2, (delivered, max(gaps))  # a wait would be a 3 s gap
         assert set(prompts) == {"oil painting"}
         deadline = time.monotonic() + 10
         while eng.step([img], [0])[0].prompt != "watercolour":

@@ -1,7 +1,14 @@
 """Where the U-Net step's time goes: compile variants timed as CUDA-graph replays, plus the top
 kernels of one variant from the profiler. A development tool for `docs/BENCHMARKS.md`'s analysis.
 
-    python -m bench.profile_unet --batches 1,8 --variants default,cudnn,cl
+    python -m bench.profile_unet --batches 1,8 --variants default,cudnn,cl,freeze,max --profile default
+
+The U-Net runs as the engine runs it: its own view of the bundle's U-Net with the aligned-head
+attention processors (engine/attention.py). Variants: `eager`, `default` (Inductor), `cudnn`
+(+ cudnn.benchmark), `cl` (+ channels-last weights and inputs), `freeze` (Inductor's freezing:
+weights folded as constants), `max` (`max-autotune-no-cudagraphs`: slow to compile; the Inductor
+cache, `TORCHINDUCTOR_CACHE_DIR`, keeps its choices for the next run). `--profile V` prints V's
+kernels by time and kind (bench/kernel_profile.py) at each batch.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ import time
 import torch
 
 from bench.cuda_timing import cuda_ms
+from bench.kernel_profile import format_profile, profile_kernels
+from node_server.engine.attention import use_aligned_heads
 from node_server.engine.denoiser import Denoiser
+from node_server.engine.module_view import module_view
 from node_server.models import load_model
 
 
+@torch.no_grad()  # inference, as the engine (and Inductor's freezing needs it)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,8")
@@ -26,7 +37,8 @@ def main() -> None:
     args = ap.parse_args()
     dtype = torch.bfloat16
     bundle = load_model("synthetic:paper", device="cuda", dtype=dtype, progress=False)
-    unet, vae = bundle.unet, bundle.vae
+    unet, vae = module_view(bundle.unet), bundle.vae
+    use_aligned_heads(unet)  # as the engine runs it
     den = Denoiser(unet, vae, (512, 512), dtype)
     dim = unet.config.cross_attention_dim
     flops = {}
@@ -35,6 +47,9 @@ def main() -> None:
         if variant in ("cl", "max"):
             unet.to(memory_format=torch.channels_last)
         mode = "max-autotune-no-cudagraphs" if variant == "max" else None
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = variant == "freeze"
         torch._dynamo.reset()
         step = torch.compile(den.unet_step, dynamic=False, mode=mode) if variant != "eager" else den.unet_step
         for n in (int(b) for b in args.batches.split(",")):
@@ -54,21 +69,16 @@ def main() -> None:
             print(json.dumps(dict(variant=variant, batch=n, unet_step_ms=round(ms, 3),
                                   per_frame_ms=round(ms / n, 3), setup_s=round(time.perf_counter() - t0, 1))),
                   flush=True)
-            if variant == args.profile and n == 1:
-                from torch.profiler import ProfilerActivity, profile
-
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(10):
-                        fn()
-                    torch.cuda.synchronize()
-                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70),
-                      flush=True)
+            if variant == args.profile:
+                prof = profile_kernels(fn)
+                print(format_profile(f"{variant}, batch {n}", prof), flush=True)
+                print(json.dumps(dict(variant=variant, batch=n, profile=prof)), flush=True)
                 if not flops:
                     from torch.utils.flop_counter import FlopCounterMode
 
                     with FlopCounterMode(display=False) as counter:
                         den.unet_step(lat, src, emb, mask, tid, t, dt)
-                    flops["gflop_per_step_b1"] = counter.get_total_flops() / 1e9
+                    flops[f"gflop_per_step_b{n}"] = counter.get_total_flops() / 1e9
                     print(json.dumps(flops), flush=True)
 
 

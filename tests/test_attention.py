@@ -7,7 +7,25 @@ import copy
 import pytest
 import torch
 
+from node_server.engine import attention
 from node_server.engine.attention import AlignedHeadAttnProcessor, use_aligned_heads
+
+
+@pytest.fixture(scope="module")
+def narrow_head_unet():
+    """A tiny DreamLite U-Net with the paper's narrow heads (10 and 20 channels: the tiny model's
+    are 8 and 16, which need no padding)."""
+    from diffusers import DreamLiteUNetModel
+
+    from node_server.models.synthetic import unet_config
+
+    config = dict(unet_config("tiny"), block_out_channels=(40, 80))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = DreamLiteUNetModel(**config).eval().requires_grad_(False)
+    heads = {m.inner_dim // m.heads for m in unet.modules() if hasattr(m, "processor")}
+    assert heads == {10, 20}
+    return unet
 
 
 def _unet_inputs(unet, n=2, length=40, seed=0):
@@ -31,10 +49,13 @@ def _run(unet, device, dtype=torch.float32):
         return unet.to(device, dtype)(**kw)[0].float().cpu()
 
 
-def _pair(tiny_bundle):
-    stock = copy.deepcopy(tiny_bundle.unet)
-    ours = copy.deepcopy(tiny_bundle.unet)
-    assert use_aligned_heads(ours) > 0
+def _pair(tiny_bundle, unet=None, pad_on_cpu=None):
+    """`tiny_bundle`'s U-Net (or `unet`) twice: DreamLite's processors and the aligned-head ones.
+    The first assertion fails when an engine has changed the shared bundle's U-Net."""
+    unet = tiny_bundle.unet if unet is None else unet
+    stock = copy.deepcopy(unet)
+    ours = copy.deepcopy(unet)
+    assert use_aligned_heads(ours, pad_on_cpu=pad_on_cpu) > 0
     assert use_aligned_heads(ours) == 0  # already swapped: nothing left to change
     assert not any(isinstance(getattr(m, "processor", None), AlignedHeadAttnProcessor) for m in stock.modules())
     return stock, ours
@@ -46,10 +67,57 @@ def test_matches_dreamlite_processor_on_cpu(tiny_bundle):
     assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
 
 
+class _PadSpy:
+    """Counts the head paddings the processor does (F.pad calls in engine/attention.py)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = attention.F.pad
+
+        def pad(t, widths, *args, **kwargs):
+            self.calls.append((t.shape[-1], tuple(widths)))
+            return original(t, widths, *args, **kwargs)
+
+        monkeypatch.setattr(attention.F, "pad", pad)
+
+
+@pytest.mark.parametrize("pad_on_cpu", [False, True])
+def test_padded_heads_on_the_cpu_match_dreamlite_processor(tiny_bundle, narrow_head_unet, monkeypatch, pad_on_cpu):
+    """The GPU's zero-padded heads, run on the CPU through the test switch, equal DreamLite's own
+    processor: the CPU suite covers the padding arithmetic, not only the unpadded path."""
+    stock, ours = _pair(tiny_bundle, narrow_head_unet, pad_on_cpu=pad_on_cpu)
+    spy = _PadSpy(monkeypatch)
+    b = _run(ours, "cpu")
+    assert {c[0] for c in spy.calls} == ({10, 20} if pad_on_cpu else set())  # padded (or not) as asked
+    assert all(w == (0, (-head) % 8) for head, w in spy.calls)
+    a = _run(stock, "cpu")
+    assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (a - b).abs().max()
+
+
+def test_the_module_switch_turns_cpu_padding_on(narrow_head_unet, monkeypatch):
+    monkeypatch.setattr(attention, "PAD_ON_CPU", True)
+    unet = copy.deepcopy(narrow_head_unet)
+    use_aligned_heads(unet)
+    assert all(m.processor.pad_on_cpu for m in unet.modules() if isinstance(getattr(m, "processor", None),
+                                                                           AlignedHeadAttnProcessor))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_padded_heads_match_on_cuda(tiny_bundle):
+def test_padded_heads_match_on_cuda(tiny_bundle, narrow_head_unet, monkeypatch):
+    stock, ours = _pair(tiny_bundle, narrow_head_unet)
+    spy = _PadSpy(monkeypatch)
+    saved = torch.backends.cuda.matmul.allow_tf32  # (monkeypatch would delete this setting on undo)
     torch.backends.cuda.matmul.allow_tf32 = False
-    stock, ours = _pair(tiny_bundle)
-    a, b = _run(stock, "cuda"), _run(ours, "cuda")
+    try:
+        b = _run(ours, "cuda")
+        a = _run(stock, "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert {c[0] for c in spy.calls} == {10, 20}  # the GPU pads the narrow heads
     err = (a - b).norm() / a.norm()
     assert err < 1e-5, float(err)
+
+
+def test_the_shared_bundle_was_not_changed_by_earlier_tests(tiny_bundle):
+    """Run after the engine tests (any order): the session's bundle still has DreamLite's processors."""
+    _pair(tiny_bundle)

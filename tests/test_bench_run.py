@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 
-def test_runs_at_two_sizes_write_two_results_files(tmp_path):
+def test_runs_at_two_sizes_write_two_results_files(tmp_path, monkeypatch):
     from bench.run import main
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     common = ["--model", "synthetic:tiny", "--points", "I", "--frames", "2", "--device", "cpu", "--compile", "off",
               "--no-breakdown", "--commit", "abc1234", "--out", str(tmp_path)]
     assert main(common + ["--size", "64"]) == 0

@@ -145,3 +145,106 @@ def test_every_batch_conditioning_on_cuda(cuda_bundle):
                 time.sleep(0.005)
         assert ids == list(range(24))
         assert eng.encode_count >= 6  # every batch asked for (and got) its own encode
+
+
+def _on_side_stream(fn):
+    """Run `fn` as the conditioning worker does: on a stream of its own (capture needs one)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+def test_encoder_graphs_per_batch_and_bucket_match_the_plain_forward(cuda_bundle, full_fp32):
+    """One CUDA graph per (batch, bucket); a new prompt in a captured bucket only changes the
+    graph's inputs; every replay equals the un-graphed forward and the stock one."""
+    from node_server.engine.encoder import PromptEncoder
+
+    dev = torch.device("cuda")
+    kw = dict(image_size=64, max_prompt_tokens=64, buckets=(8, 32))
+    graphed = PromptEncoder(cuda_bundle, dev, torch.float32, graphs=True, **kw)
+    plain = PromptEncoder(cuda_bundle, dev, torch.float32, **kw)
+    assert graphed.graphed is not None and plain.graphed is None
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    prompts = ["ink", "oil", "a much longer instruction about neon light and rain", "ink"]
+    for n in (1, 2):
+        for prompt in prompts:
+            frames = torch.rand(n, 3, SIZE, SIZE, device=dev, generator=gen)
+            tokens = graphed.tokenize(prompt)
+            got, got_mask = _on_side_stream(lambda: graphed.encode(tokens, frames))
+            got = got.clone()  # the next replay reuses the graph's buffers
+            want, want_mask = plain.encode(plain.tokenize(prompt), frames)
+            ref, _ = plain.encode_stock(plain.tokenize(prompt), frames)
+            assert torch.equal(got_mask, want_mask)
+            assert (got - want).norm() / want.norm() < 1e-5, (n, prompt)
+            assert (got - ref).norm() / ref.norm() < 1e-4, (n, prompt)
+    buckets = {graphed.tokenize(p).run_length for p in prompts}
+    assert len(graphed.graphed.captured) == 2 * len(buckets) == 4
+
+
+def test_the_two_device_copy_path_on_one_gpu(cuda_bundle, full_fp32, monkeypatch):
+    """`always_transfer` runs the --encoder-device hand-over (copies on a side stream, ordered by
+    events) on one GPU: the output equals the plain engine's and the frame loop never waits."""
+    from node_server.engine.conditioning import ConditioningWorker
+
+    img = frame(4)
+    params = Params().replace(prompt="oil painting")
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="graphs") as plain:
+        want = [_settle(plain, img, "oil painting")]
+        plain.set_params(prompt="neon")
+        want.append(_settle(plain, img, "neon"))
+    monkeypatch.setattr(ConditioningWorker, "always_transfer", True)
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="graphs", encoder_device="cuda") as moved:
+        assert moved.worker.transfer and moved.worker.copy_stream is not None
+        got = [_settle(moved, img, "oil painting")]
+        real, started = moved.encoder.encode, threading.Event()
+
+        def slow(tokens, frames):
+            started.set()
+            time.sleep(1.0)
+            return real(tokens, frames)
+
+        monkeypatch.setattr(moved.encoder, "encode", slow)
+        moved.set_params(prompt="neon")
+        assert started.wait(5)
+        t0 = last = time.perf_counter()
+        gaps, prompts = [], []
+        while time.perf_counter() - t0 < 0.8:
+            prompts.append(moved.step([img], [1])[0].prompt)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        assert len(prompts) >= 10 and max(gaps) < 0.3 and set(prompts) == {"oil painting"}
+        got.append(_settle(moved, img, "neon"))
+    for a, b in zip(want, got):
+        assert np.abs(a - b).max() <= 1
+
+
+def test_the_encoder_on_an_sm_partition(cuda_bundle, full_fp32):
+    """A green context of a few SMs for the encoder's stream gives the same output (or says why
+    this torch/driver cannot: then the plain stream stays and the test is skipped with the reason)."""
+    img = frame(5)
+    params = Params().replace(prompt="charcoal")
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="graphs") as plain:
+        want = _settle(plain, img, "charcoal")
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, dtype=torch.float32,
+                      compile="graphs") as part:
+        reason = part.worker.limit_sms(16)
+        if reason is not None:
+            pytest.skip(f"no SM partition here: {reason}")
+        got = _settle(part, img, "charcoal")
+    assert np.abs(want - got).max() <= 1
+
+
+def test_kernel_profile_names_a_matmul():
+    from bench.kernel_profile import profile_kernels
+
+    a = torch.randn(512, 512, device="cuda")
+    prof = profile_kernels(lambda: a @ a, calls=3)
+    assert prof["kernel_ms_per_call"] > 0 and prof["top"]
+    assert prof["kinds"].get("matmul", 0) > 0.5, prof

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or 256 (64 image tokens instead of 256: a cheaper encode)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--encoder-device", default=None, metavar="DEV",
+                        help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
+                        "(default: the engine's device)")
     parser.add_argument("--quiet", action="store_true", help="no progress output; the summary line still prints")
     from .lllite_args import add_lllite_arguments
 
@@ -143,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
         size = (frame_size_for(spec),) * 2
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
+    placement = {"encoder_device": args.encoder_device} if args.encoder_device else {}
     engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,
-                          **engine_options(vars(args)))
+                          **placement, **engine_options(vars(args)))
     try:
         engine.warmup(progress=verbose)
         latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)

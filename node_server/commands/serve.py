@@ -60,12 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pipeline) or 256 (64 image tokens instead of 256: a cheaper encode)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B", help="frames per engine step (default 1)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--encoder-device", default=None, metavar="DEV",
+                   help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
+                        "(default: the engine's device)")
     add_lllite_arguments(p)
 
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
          "console_token",
-         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "spout_in", "spout_out", "no_zmq",
+         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "encoder_device", "spout_in", "spout_out", "no_zmq",
          "ndi_in", "ndi_out", "ndi_extra_ips", "ndi_groups", "ndi_out_format",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 

@@ -6,7 +6,9 @@ a head size divisible by 8, so every masked cross-attention falls back to the ma
 upcasts bf16 to fp32 (measured on an H200: about 1 ms per 2048-query cross-attention at batch 1,
 over half the compiled U-Net step). Padding the heads with zeros to the next multiple of 8 changes
 no dot product and no output value (the scale stays that of the real head size), and lets the
-memory-efficient kernel run. On the CPU nothing is padded, so the same processor is exact there.
+memory-efficient kernel run. On the CPU nothing is padded (no kernel needs it), unless
+`pad_on_cpu` (or the module switch `PAD_ON_CPU`, a test hook) asks for it, so the CPU tests cover
+the padded path too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ import torch
 import torch.nn.functional as F
 
 
+PAD_ON_CPU = False  # test hook: pad the heads on the CPU as well (`use_aligned_heads`' default)
+
+
 class AlignedHeadAttnProcessor:
     """Drop-in processor for diffusers `Attention` modules of the DreamLite U-Net (GQA, q/k norms)."""
+
+    def __init__(self, pad_on_cpu: bool = False):
+        self.pad_on_cpu = pad_on_cpu
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None) -> torch.Tensor:
@@ -55,7 +63,8 @@ class AlignedHeadAttnProcessor:
             value = value.repeat_interleave(repeat, dim=2)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # [b, heads, tokens, head]
 
-        pad = (-head) % 8 if query.is_cuda and attention_mask is not None else 0
+        padded = (query.is_cuda or self.pad_on_cpu) and attention_mask is not None
+        pad = (-head) % 8 if padded else 0
         if pad:
             query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=head**-0.5)
@@ -70,13 +79,15 @@ class AlignedHeadAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def use_aligned_heads(unet) -> int:
+def use_aligned_heads(unet, pad_on_cpu: "bool | None" = None) -> int:
     """Give every attention module of `unet` that runs DreamLite's processor the aligned-head one;
-    returns how many were changed (0 for other U-Nets, which keep their own)."""
+    returns how many were changed (0 for other U-Nets, which keep their own). This changes `unet`:
+    an engine calls it on its own view (engine/module_view.py), never on a bundle's U-Net."""
+    pad_on_cpu = PAD_ON_CPU if pad_on_cpu is None else pad_on_cpu
     changed = 0
     for module in unet.modules():
         processor = getattr(module, "processor", None)
         if processor is not None and type(processor).__name__ == "DreamLiteAttnProcessor2_0":
-            module.set_processor(AlignedHeadAttnProcessor())
+            module.set_processor(AlignedHeadAttnProcessor(pad_on_cpu=pad_on_cpu))
             changed += 1
     return changed

@@ -19,23 +19,47 @@ import torch
 
 from ..progress import step as announce
 from .frames import check_size
+from .module_view import module_view
 from .params import BATCH_RANGE, Params
 
 log = logging.getLogger("node_server.engine")
 
 
+def _encoder_device(choice, device: torch.device) -> torch.device:
+    """The encoder's device (`--encoder-device`; None: the engine's own), checked to exist."""
+    if choice is None:
+        return device
+    from ..errors import ParamError
+
+    try:
+        dev = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise ParamError("encoder_device", f"must be cpu, cuda or cuda:N, got {choice!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or not count:
+            raise ParamError("encoder_device", f"{choice} was asked for but this machine has {count} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ParamError("encoder_device", f"must be cpu, cuda or cuda:N, got {choice!r}")
+    return dev
+
+
 class EngineBase:
-    def _place(self, bundle, size, device, dtype) -> None:
-        """Set `size`, `device`, `dtype`, `bundle`, `unet`, `vae`; moves the bundle when the device
-        or dtype asked for differs from where its weights are (default: where they are)."""
+    def _place(self, bundle, size, device, dtype, encoder_device=None) -> None:
+        """Set `size`, `device`, `dtype`, `encoder_device`, `bundle` and the engine's own views of
+        its modules, `unet`, `vae` and `text_encoder` (engine/module_view.py: the bundle itself is
+        never changed; weights are shared unless the device or dtype asked for differs from where
+        they are, default: where they are). The text encoder goes to `encoder_device` (default:
+        the engine's device)."""
         self.size = check_size(size)
         first = next(bundle.unet.parameters())
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype if dtype is not None else first.dtype
-        if first.device != self.device or first.dtype != self.dtype:
-            bundle.to(self.device, self.dtype)
+        self.encoder_device = _encoder_device(encoder_device, self.device)
         self.bundle = bundle
-        self.unet, self.vae = bundle.unet, bundle.vae
+        self.unet = module_view(bundle.unet, self.device, self.dtype)
+        self.vae = module_view(bundle.vae, self.device, self.dtype)
+        self.text_encoder = module_view(bundle.text_encoder, self.encoder_device, self.dtype)
 
     def _schedule_strength(self, requested: float) -> float:
         """The strength the schedule is built from: the request, held at the model folder's
@@ -112,7 +136,7 @@ class EngineBase:
             self._closed = True
             self.worker.close()
             if self.lllite is not None:
-                self.lllite.lllite.detach()  # the bundle's U-Net is as it was loaded
+                self.lllite.lllite.detach()  # the engine's U-Net view is as it was built
 
     def __enter__(self):
         return self

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .encoder import PromptEncoder, PromptTokens
-from .streams import Streams
+from .streams import Streams, canonical
 
 
 @dataclass
@@ -46,10 +46,19 @@ class _Request:
 class ConditioningWorker:
     """Owns the encoder, its thread, its stream and the prompt cache."""
 
+    # Test hook: hand every conditioning over through the copy path even when the encoder shares
+    # the engine's device (the two-device path, run on one GPU or the CPU).
+    always_transfer = False
+
     def __init__(self, encoder: PromptEncoder, streams: Streams, *, cache_size: int = 32):
         self.encoder = encoder
-        self.streams = streams
-        self.stream = streams.new_stream()
+        self.streams = streams  # the engine's (main) device
+        # The encoder may live on another device (`--encoder-device`): its thread's stream lives
+        # there, and frames and conditionings cross over with one copy each (`_handover`).
+        self.encoder_streams = Streams(getattr(encoder, "device", streams.device))
+        self.stream = self.encoder_streams.new_stream()
+        self.transfer = self.always_transfer or canonical(self.encoder_streams.device) != canonical(streams.device)
+        self.copy_stream = streams.new_stream() if self.transfer else None  # main-device side of a copy
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, Conditioning]" = OrderedDict()
         self._lock = threading.Condition()
@@ -66,6 +75,17 @@ class ConditioningWorker:
         self.encode_count = 0
         self._thread = threading.Thread(target=self._run, name="conditioning-worker", daemon=True)
         self._thread.start()
+
+    def limit_sms(self, sms: int) -> Optional[str]:
+        """Run the encodes on at most `sms` multiprocessors of the encoder's GPU (a CUDA green
+        context; see streams.partitioned_stream). Call before the first encode. Returns None when
+        done, else why not (the plain stream stays)."""
+        from .streams import partitioned_stream
+
+        stream, reason = partitioned_stream(self.encoder_streams.device, sms)
+        if stream is not None:
+            self.stream = stream
+        return reason
 
     # -- called by the frame loop ----------------------------------------------------------
     def cached(self, prompt: str) -> Optional[Conditioning]:
@@ -176,10 +196,47 @@ class ConditioningWorker:
 
     def _encode(self, req: _Request) -> Conditioning:
         start = time.perf_counter()
-        with self.streams.use(self.stream):
-            self.streams.wait(req.ready, self.stream)
-            self.streams.keep_alive(req.frames, self.stream)
-            embeds, mask = self.encoder.encode(req.tokens, req.frames)
-            event = self.streams.record(self.stream)
+        if self.transfer:
+            embeds, mask, event = self._encode_elsewhere(req)
+        else:
+            with self.streams.use(self.stream):
+                self.streams.wait(req.ready, self.stream)
+                self.streams.keep_alive(req.frames, self.stream)
+                embeds, mask = self.encoder.encode(req.tokens, req.frames)
+                event = self.streams.record(self.stream)
         self.encode_count += 1
         return Conditioning(req.tokens.prompt, embeds, mask, event, 0, (time.perf_counter() - start) * 1e3)
+
+    def _encode_elsewhere(self, req: _Request):
+        """The encode on the encoder's device: the frames go there and the conditioning comes back
+        with one copy each, ordered by events on the device (the host never waits). The copies run
+        on `copy_stream`, a side stream of the main device, so the frame loop's stream only ever
+        waits for the finished conditioning's event."""
+        main, side = self.streams, self.encoder_streams
+        frames = req.frames
+        copied = None
+        if frames is not None:
+            with side.use(self.stream), main.use(self.copy_stream):
+                main.wait(req.ready, self.copy_stream)  # the frames were written on the main stream
+                main.keep_alive(frames, self.copy_stream)
+                frames = _copy_to(frames, side.device)  # lands in the encoder thread's stream's memory
+                copied = main.record(self.copy_stream)
+        with side.use(self.stream):
+            side.wait(copied, self.stream)
+            side.keep_alive(frames, self.stream)
+            embeds, mask = self.encoder.encode(req.tokens, frames)
+            done = side.record(self.stream)
+        with side.use(self.stream), main.use(self.copy_stream):
+            main.wait(done, self.copy_stream)
+            side.keep_alive(embeds, self.copy_stream)
+            side.keep_alive(mask, self.copy_stream)
+            embeds, mask = _copy_to(embeds, main.device), _copy_to(mask, main.device)
+            event = main.record(self.copy_stream)
+        return embeds, mask, event
+
+
+def _copy_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One asynchronous copy of `tensor` onto `device` (a new tensor even on the same device). On
+    the current streams: across two GPUs PyTorch runs it on the source device's stream and orders
+    it against the destination's with events; the host does not wait."""
+    return tensor.to(device, copy=True, non_blocking=True)

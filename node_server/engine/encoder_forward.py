@@ -9,6 +9,13 @@ depends on the grid (learned position embeddings resampled to the grid, the visi
 angles) is taken once from the stock vision tower itself (run with a zeroed patch embedding), so
 this module reuses the model's own submodules and stays exact: `tests/test_encoder_forward.py`
 compares it with the stock forward.
+
+The language model's layers run here too (the model's own projections, norms and MLPs around one
+attention call), so a fixed token prefix can be left out of every call: the system prompt before
+the image is the same for every frame and prompt, and under causal attention its keys and values
+depend on nothing after it. `cache_prefix` computes them once (with their own rotary positions);
+a call then runs only the tokens after the prefix, attending to the cached keys first. DeepStack
+features are added at image positions only, which lie after the prefix, so the cache is exact.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class FixedShapeEditForward:
         self.tokens_per_image = grid_thw[0] * grid_thw[1] * grid_thw[2]
         self.deepstack = list(self.visual.deepstack_visual_indexes)
         self._grid_terms = None  # (pos_embeds [T, D], cos [T, hd], sin [T, hd]) on the model device
+        self._prefix = None  # (P, [(keys, values) [1, kv heads, P, head] per layer]) once cached
 
     # -- once per encoder ------------------------------------------------------------------
     @torch.no_grad()
@@ -85,9 +93,61 @@ class FixedShapeEditForward:
                 features.append(visual.deepstack_merger_list[self.deepstack.index(layer)](hidden))
         return visual.merger(hidden), features
 
-    def __call__(self, pixel_values, input_ids, attention_mask, position_ids, image_index, image_mask):
+    # -- the language model ------------------------------------------------------------------
+    @staticmethod
+    def _layer(layer, hidden: torch.Tensor, rope, mask: torch.Tensor, past=None):
+        """One decoder layer of the language model, from its own submodules (transformers'
+        Qwen3-VL text layer with SDPA attention); `past` = cached (keys, values) [1, kv heads, P,
+        head] that come before this call's tokens. Returns (hidden, this call's keys, values)."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        q = attn.q_norm(attn.q_proj(x).view(shape)).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(x).view(shape)).transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        cos, sin = rope
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = k, v
+        if past is not None:
+            n = k.shape[0]
+            keys = torch.cat([past[0].expand(n, -1, -1, -1), k], 2)
+            values = torch.cat([past[1].expand(n, -1, -1, -1), v], 2)
+        groups = q.shape[1] // keys.shape[1]
+        if groups > 1:  # grouped-query attention: each K/V head serves `groups` query heads
+            keys = keys.repeat_interleave(groups, dim=1)
+            values = values.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+        out = attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+        hidden = hidden + out
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, k, v
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self._prefix is None else self._prefix[0]
+
+    @torch.no_grad()
+    def cache_prefix(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> None:
+        """Keys and values of every layer for a fixed, image-free token prefix ([1, P] ids and
+        their [3, 1, P] rotary positions); later calls pass only the tokens after it."""
+        lm = self.lm
+        hidden = lm.embed_tokens(input_ids)
+        length = input_ids.shape[1]
+        mask = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()[None, None]
+        rope = lm.rotary_emb(hidden, position_ids)
+        cache = []
+        for layer in lm.layers:
+            hidden, k, v = self._layer(layer, hidden, rope, mask)
+            cache.append((k, v))
+        self._prefix = (length, cache)
+
+    def __call__(self, pixel_values, input_ids, attention_mask, position_ids, image_index, image_mask,
+                 use_prefix: bool = True):
         """`image_index` [n, L] long: for each position, which of the image's merged tokens sits
-        there (any value where `image_mask` [n, L, 1] is False)."""
+        there (any value where `image_mask` [n, L, 1] is False). With a cached prefix (and
+        `use_prefix`), every input covers only the L positions after it, and so does the output."""
         n, L = input_ids.shape
         lm = self.lm
         merged, features = self.vision(pixel_values, n)
@@ -102,10 +162,13 @@ class FixedShapeEditForward:
         keys = attention_mask.bool()
         causal = torch.ones(L, L, dtype=torch.bool, device=hidden.device).tril()
         mask = causal[None, None] & keys[:, None, None, :]
+        cache = None
+        if use_prefix and self._prefix is not None:  # the prefix's keys are valid for every position after it
+            length, cache = self._prefix
+            mask = torch.cat([torch.ones(n, 1, L, length, dtype=torch.bool, device=hidden.device), mask], -1)
         rope = lm.rotary_emb(hidden, position_ids)
         for layer, decoder in enumerate(lm.layers):
-            hidden = decoder(hidden, attention_mask=mask, position_ids=None, past_key_values=None,
-                             position_embeddings=rope)
+            hidden = self._layer(decoder, hidden, rope, mask, None if cache is None else cache[layer])[0]
             if layer < len(features):
                 hidden = hidden + torch.where(image_mask, placed(features[layer]).to(hidden.dtype), 0)
         return lm.norm(hidden)

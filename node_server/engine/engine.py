@@ -91,14 +91,16 @@ class StreamEngine(EngineBase):
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
                  compile: str = "auto", progress: bool = True, lllite=None, lllite_blocks=None,
-                 lllite_source: str = "temporal"):
+                 lllite_source: str = "temporal", encoder_device=None, unet_compile_mode: Optional[str] = None):
         """`compile`: `auto` (compiled CUDA graphs on a GPU, eager on the CPU), `off` (eager),
         `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs).
         `lllite`: a ControlNet-LLLite `.safetensors` file (docs/LLLITE.md), hooked into the U-Net
-        on `lllite_blocks` (all, or a comma list of down, mid, up)."""
+        on `lllite_blocks` (all, or a comma list of down, mid, up). `encoder_device`: where the
+        multimodal encoder runs (default: `device`; e.g. a second GPU). `unet_compile_mode`: an
+        Inductor mode for the U-Net step alone (a benchmark lever; see engine/graphs.py)."""
         if compile not in COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        self._place(bundle, size, device, dtype)
+        self._place(bundle, size, device, dtype, encoder_device)
         self.streams = Streams(self.device)
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
@@ -112,11 +114,13 @@ class StreamEngine(EngineBase):
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
         self.graphed = None if mode == "off" else GraphedDenoiser(
-            self.denoiser, self.device, mode=mode, announce=lambda text: announce(text, enabled=progress))
+            self.denoiser, self.device, mode=mode, announce=lambda text: announce(text, enabled=progress),
+            unet_mode=unet_compile_mode)
         self._device_inputs: dict[str, tuple[object, object]] = {}  # name -> (host source, device copy)
-        self.encoder = PromptEncoder(bundle, self.device, self.dtype, image_size=encoder_image_size,
-                                     max_prompt_tokens=max_prompt_tokens,
-                                     compile=mode in ("default", "max-autotune"))
+        self.encoder = PromptEncoder(bundle, self.encoder_device, self.dtype, image_size=encoder_image_size,
+                                     max_prompt_tokens=max_prompt_tokens, model=self.text_encoder,
+                                     compile=mode in ("default", "max-autotune"),
+                                     graphs=mode != "off" and self.encoder_device.type == "cuda")
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
 
         self._lock = threading.Lock()

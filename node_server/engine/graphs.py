@@ -18,6 +18,9 @@ import torch
 from .denoiser import Denoiser
 
 COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
+# Inductor modes for the U-Net step alone (`GraphedDenoiser(unet_mode=...)`); no mode with its own
+# CUDA graphs: the whole pass is captured as one graph here.
+UNET_COMPILE_MODES = ("eager", "default", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -38,21 +41,31 @@ class GraphedDenoiser:
     autotuned kernels; slow to compile)."""
 
     def __init__(self, denoiser: Denoiser, device: torch.device, *, mode: str = "default",
-                 announce: Optional[Callable[[str], None]] = None):
+                 announce: Optional[Callable[[str], None]] = None, unet_mode: Optional[str] = None):
+        """`unet_mode`: an Inductor mode for the U-Net step alone (`default`,
+        `max-autotune-no-cudagraphs`, ...; `eager` leaves it uncompiled), overriding `mode`'s for
+        that piece: the U-Net dominates the step, so autotuning only it is the cheaper experiment."""
         if mode not in ("graphs", "default", "max-autotune"):
             raise ValueError(f"unknown compile mode {mode!r}")
+        if unet_mode is not None and unet_mode not in UNET_COMPILE_MODES:
+            raise ValueError(f"unknown U-Net compile mode {unet_mode!r}; one of {', '.join(UNET_COMPILE_MODES)}")
         self.den = denoiser
         self.device = torch.device(device)
         self.mode = mode
         self.announce = announce or (lambda text: None)
+        fns = (denoiser.encode_source, denoiser.unet_step, denoiser.decode_uint8)
         if mode == "graphs":
-            self.pieces = (denoiser.encode_source, denoiser.unet_step, denoiser.decode_uint8)
+            pieces = list(fns)
         else:
             inductor_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else None
-            self.pieces = tuple(
-                torch.compile(fn, dynamic=False, mode=inductor_mode)
-                for fn in (denoiser.encode_source, denoiser.unet_step, denoiser.decode_uint8)
-            )
+            pieces = [torch.compile(fn, dynamic=False, mode=inductor_mode) for fn in fns]
+        if unet_mode == "eager":
+            pieces[1] = denoiser.unet_step
+        elif unet_mode is not None:
+            pieces[1] = torch.compile(denoiser.unet_step, dynamic=False,
+                                      mode=None if unet_mode == "default" else unet_mode)
+        self.unet_mode = unet_mode
+        self.pieces = tuple(pieces)
         self.pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[tuple[int, int], _Captured] = {}
         self.capture_seconds: dict[tuple[int, int], float] = {}
@@ -65,7 +78,7 @@ class GraphedDenoiser:
     def _capture(self, x, embeds, mask, noise, sigmas, timesteps) -> _Captured:
         key = (x.shape[0], timesteps.shape[0])
         start = time.perf_counter()
-        first = not self._graphs and self.mode != "graphs"
+        first = not self._graphs and (self.mode != "graphs" or self.unet_mode not in (None, "eager"))
         self.announce(
             f"capturing the denoiser for batch {key[0]}, {key[1]} step(s)"
             + (" (compiling first: about a minute)..." if first else "...")
@@ -108,3 +121,59 @@ class GraphedDenoiser:
     @property
     def captured(self) -> list[tuple[int, int]]:
         return sorted(self._graphs)
+
+
+class CapturedCalls:
+    """A pure function of tensors replayed from one CUDA graph per input shape: the encoder's
+    forward per (batch, bucket). Called from one thread at a time (the conditioning worker), on
+    that thread's current stream, which must not be the default stream. The result is a
+    graph-owned buffer, rewritten by the next call of the same shapes: copy it out before then."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], device: torch.device, *, warmup: int = 2):
+        self.fn = fn
+        self.device = torch.device(device)
+        self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[tuple, tuple["torch.cuda.CUDAGraph", list[torch.Tensor], torch.Tensor]] = {}
+        self.capture_seconds: dict[tuple, float] = {}
+
+    @staticmethod
+    def key(args) -> tuple:
+        return tuple((tuple(a.shape), a.dtype) for a in args)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        key = self.key(args)
+        held = self._graphs.get(key)
+        if held is None:
+            return self._capture(key, args)
+        graph, inputs, out = held
+        for dst, src in zip(inputs, args):
+            if dst is not src:
+                dst.copy_(src, non_blocking=True)
+        graph.replay()
+        return out
+
+    def _capture(self, key: tuple, args) -> torch.Tensor:
+        start = time.perf_counter()
+        stream = torch.cuda.current_stream(self.device)
+        inputs = [a.clone() for a in args]
+        for _ in range(self.warmup):  # compiles (the first time) and settles the allocator
+            self.fn(*inputs)
+        graph = torch.cuda.CUDAGraph()
+        # Captured on this thread's own stream, with no device-wide synchronize or cache release
+        # around it (torch.cuda.graph() does both): the frame loop keeps running, replaying its own
+        # graphs and allocating, meanwhile. thread_local: only this thread's calls are checked.
+        stream.synchronize()
+        graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+        try:
+            out = self.fn(*inputs)
+        finally:
+            graph.capture_end()
+        self._graphs[key] = (graph, inputs, out)
+        self.capture_seconds[key] = time.perf_counter() - start
+        graph.replay()
+        return out
+
+    @property
+    def captured(self) -> list[tuple]:
+        return sorted(self._graphs, key=str)

@@ -215,11 +215,12 @@ class SDStreamEngine(EngineBase):
                  cache_size: int = 32, stream_batch: bool = False,
                  num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, t_index_list: Optional[Sequence[int]] = None,
                  scheduler: Optional[str] = None, compile: str = "auto", progress: bool = True,
-                 lllite=None, lllite_blocks=None, lllite_source: str = "temporal", **_ignored):
+                 lllite=None, lllite_blocks=None, lllite_source: str = "temporal", encoder_device=None,
+                 **_ignored):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
         if compile not in SD_COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(SD_COMPILE_MODES)}, got {compile!r}")
-        self._place(bundle, size, device, dtype)
+        self._place(bundle, size, device, dtype, encoder_device)
         self.scheduler = self._pick_scheduler(bundle.scheduler, scheduler)
         self.kind = _scheduler_kind(self.scheduler)
         self.num_inference_steps = int(num_inference_steps)
@@ -236,7 +237,7 @@ class SDStreamEngine(EngineBase):
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
         self.channels = int(self.unet.config.in_channels)
         self.den = SDDenoiser(self.unet, self.vae, self.dtype)
-        self.encoder = ClipPromptEncoder(bundle.text_encoder, bundle.tokenizer, self.device, self.dtype)
+        self.encoder = ClipPromptEncoder(self.text_encoder, bundle.tokenizer, self.encoder_device, self.dtype)
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
         mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
         if mode != "off" and self.device.type != "cuda":

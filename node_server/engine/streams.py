@@ -13,6 +13,14 @@ from typing import Optional
 import torch
 
 
+def canonical(device) -> torch.device:
+    """`device` with its index (`cuda` -> `cuda:N`, the current device), so equal devices compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Streams:
     """Stream helpers bound to one device."""
 
@@ -47,6 +55,45 @@ class Streams:
             (stream if stream is not None else self.current()).wait_event(event)
 
     def keep_alive(self, tensor: torch.Tensor, stream=None) -> None:
-        """Tell the caching allocator that `tensor` is used on `stream` too."""
+        """Tell the caching allocator that `tensor` is used on `stream` too (a stream of another
+        device than the tensor's needs nothing: a copy between devices is ordered by events)."""
         if self.cuda and tensor is not None and tensor.is_cuda:
-            tensor.record_stream(stream if stream is not None else self.current())
+            stream = stream if stream is not None else self.current()
+            if stream.device == tensor.device:
+                tensor.record_stream(stream)
+
+
+_GREEN_CONTEXTS: list = []
+
+
+def partitioned_stream(device: torch.device, sms: int):
+    """A stream whose kernels run on at most `sms` of the GPU's multiprocessors (a CUDA green
+    context), so work on it (the encoder) cannot take the SMs the frame stream needs. Returns
+    (stream, None) or (None, reason) where the platform or this torch build cannot: the caller
+    keeps its plain stream. The CPU has no such thing (None, "cpu")."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, "not a CUDA device"
+    try:
+        from torch.cuda import green_contexts
+    except ImportError:
+        return None, f"torch {torch.__version__} has no torch.cuda.green_contexts"
+    if not getattr(green_contexts, "SUPPORTED", True):
+        return None, "this torch build has no green-context support"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).multi_processor_count
+    if not 0 < sms < total:
+        return None, f"sms must be between 1 and {total - 1} (this GPU has {total}), got {sms}"
+    cls = green_contexts.GreenContext
+    try:
+        try:
+            context = cls.create(num_sms=sms, device_id=index)  # torch >= 2.12: keyword-only
+        except TypeError:
+            context = cls.create(sms, index)  # torch 2.10's positional form
+        if not hasattr(context, "Stream"):  # 2.10: only set_context(), which swaps in the legacy stream
+            return None, f"torch {torch.__version__}'s GreenContext has no Stream()"
+        stream = context.Stream()
+    except Exception as exc:  # driver or runtime refused (old driver, MIG, no support)
+        return None, f"{type(exc).__name__}: {exc}"
+    _GREEN_CONTEXTS.append(context)  # a context must outlive its stream: keep it for the process
+    return stream, None

@@ -55,6 +55,7 @@ class ServeConfig:
     encoder_size: int = 512  # the encoder's view of the frame: 512 (the stock pipeline's) or 256
     batch_size: int | None = None  # None: the engine's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    encoder_device: str | None = None  # cpu | cuda | cuda:N for the encoder; None: the engine's device
     spout_in: str | None = None  # Spout sender to receive from ("" = Spout's active sender); Windows
     spout_out: str | None = None  # Spout sender name to send outputs under; Windows
     no_zmq: bool = False  # True: no ZeroMQ sockets (frames only over Spout/NDI)
@@ -123,6 +124,11 @@ def _check(key: str, value: Any, origin: str) -> Any:
         v = value.lower()
         if not (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())):
             raise NodeServerError(f"{origin}: device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return v
+    if key == "encoder_device":
+        v = value.lower()
+        if not (v in ("cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())):
+            raise NodeServerError(f"{origin}: encoder_device must be cpu, cuda or cuda:N, got {value!r}")
         return v
     if key == "feedback":
         parse_host_port(value, f"{origin}: feedback")

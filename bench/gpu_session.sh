@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One GPU session for the video-rate issue (19) and the single-GPU half of the two-GPU one (22):
+# the CUDA tests, then bench.run's points with the new levers, each part under a hard time limit,
+# the whole within GPU_SESSION_BUDGET seconds (default 540, for a 600-second device call).
+#
+#   bash bench/gpu_session.sh            # one H200: tests, I,C,S,P,L, P,L at encoder 256, C on SM
+#                                        # partitions, U-Net compile levers (what time allows)
+#   bash bench/gpu_session.sh two-gpu    # two GPUs: the two-GPU test, P and L with the encoder on cuda:1
+#
+# Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
+# to /tmp/site first. Everything comes back under $OUT (at most 8 files): session.log (each part's
+# last lines, the tables and the ratio lines against bench/results), summary.md (the tables) and
+# results.tar.gz (every results file and every part's full log). Parts that run out of time are
+# cut; what they measured before is kept (bench.run rewrites its results file after every point).
+# Nothing here changes the GPU's settings; NVLink multicast stays off.
+set -u
+MODE=${1:-one-gpu}
+START=$(date +%s)
+BUDGET=${GPU_SESSION_BUDGET:-540}
+OUT=${OUT:-$PWD/out/gpu_session}
+WORK=${GPU_SESSION_WORK:-/tmp/gpu_session}
+mkdir -p "$OUT" "$WORK/results" "$WORK/logs"
+LOG="$OUT/session.log"
+: > "$LOG"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-cache"  # shared by every part: later parts reuse compiles
+export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+PY=${PYTHON:-python3}
+say() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || say "wheel install failed"
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+
+# part NAME MAX_SECONDS COMMAND...: runs COMMAND under min(MAX, time left); skipped under 30 s left.
+part() {
+  local name=$1 max=$2; shift 2
+  local l; l=$(left)
+  local t=$(( l < max ? l : max ))
+  if [ "$t" -lt 30 ]; then say "== $name: not run ($l s left)"; return; fi
+  say "== $name (limit $t s): $*"
+  local t0; t0=$(date +%s)
+  timeout -k 10 "$t" "$@" > "$WORK/logs/$name.log" 2>&1
+  local rc=$?
+  grep -E "^(vs earlier|time limit|\| |U-Net step|  +[0-9.]+ ms|\{\"variant|\[.*\] (encoder SM|point C: warmed))|PASSED|FAILED|ERROR|SKIPPED|[0-9]+ (passed|failed|skipped)" \
+    "$WORK/logs/$name.log" | tail -n 90 | tee -a "$LOG"
+  [ "$rc" -ne 0 ] && tail -n 15 "$WORK/logs/$name.log" | tee -a "$LOG"
+  say "== $name: exit $rc after $(( $(date +%s) - t0 )) s ($(left) s left)"
+}
+
+# bench NAME MAX_SECONDS ARGS...: bench.run with a soft limit a minute under the hard one, so the
+# last point finishes and the tables and ratio lines print.
+bench() {
+  local name=$1 max=$2; shift 2
+  local l; l=$(left)
+  local t=$(( l < max ? l : max ))
+  part "$name" "$max" $PY -m bench.run --out "$WORK/results" --compare bench/results --tag "$name" \
+    --time-limit $(( t > 90 ? t - 60 : 30 )) "$@"
+}
+
+say "gpu_session $MODE, commit $BENCH_COMMIT, budget $BUDGET s"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$LOG"
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import torch
+print("torch", torch.__version__, "devices", torch.cuda.device_count(),
+      "SMs", torch.cuda.get_device_properties(0).multi_processor_count)
+try:
+    from torch.cuda import green_contexts as g
+    print("green contexts:", getattr(g, "SUPPORTED", "?"), "Stream()" if hasattr(g.GreenContext, "Stream") else "no Stream()")
+except Exception as exc:
+    print("green contexts: none", exc)
+import diffusers, transformers
+print("diffusers", diffusers.__version__, "transformers", transformers.__version__)
+EOF
+
+if [ "$MODE" = "two-gpu" ]; then
+  part tests 150 $PY -m pytest tests -v -p no:cacheprovider -rs -k "cuda or gpu"
+  bench twogpu 330 --points P,L --encoder-device same,cuda:1 --frames 480 --no-breakdown
+else
+  part tests 130 $PY -m pytest tests -v -p no:cacheprovider -rs -k "cuda or gpu"
+  bench main 230 --points I,C,S,P,L --frames 480 --profile-unet
+  bench enc256 110 --points P,L --encoder-size 256 --frames 480 --no-breakdown
+  bench sms 80 --points C --encoder-sms 33,66 --frames 480 --no-breakdown
+  # U-Net levers, the step alone as CUDA-graph replays (cheapest first; max-autotune last, may be cut)
+  part unet 200 $PY -m bench.profile_unet --batches 1,8 --variants default,freeze,cl,max
+fi
+
+cat "$WORK"/results/*.md > "$OUT/summary.md" 2>/dev/null
+tar -czf "$OUT/results.tar.gz" -C "$WORK" results logs
+say "gpu_session done in $(( $(date +%s) - START )) s"

@@ -492,7 +492,8 @@ class Soak:
             st = dict(self.t.status)
             recv = len(self.t.received)
             sent = self.t.sent
-            recent = [b - a for a, b in zip(self.t.arrivals[-200:], self.t.arrivals[-199:])]
+            last = self.t.arrivals[-200:]
+            recent = [b - a for a, b in zip(last, last[1:])]
         dropped = int(st.get("dropped") or 0)
         p50 = _pct(recent, 50) * 1000 if recent else float("nan")
         self.say(f"soak: t={now - self.started:7.1f}s rss={rss if rss is not None else float('nan'):8.1f}MB "

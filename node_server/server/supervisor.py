@@ -6,10 +6,10 @@ stop is reported as a server error (`/error`, counted in `/status/errors`) and r
 same named thread after a backoff (0.1 s, doubling up to 5 s; a run that lasted 30 s counts as
 healthy again), so a bug in one loop costs a moment of input, never the rest of the show.
 
-Bridges take a `spawn(name, body)` callable instead of creating `threading.Thread`s themselves
-(`Supervisor.spawn` here, `plain_thread` outside the server), so any I/O thread can be put
-under supervision without the bridge knowing about it. `states()` says which are running; the
-server reports it in its status (`/status/threads_down`, `/status/restarts`).
+The bridges (ZeroMQ, Spout) and the frame loop take an optional `spawn(name, body)` in their
+`start()`; the server passes `Supervisor.spawn`, anyone else gets a plain daemon thread. Any
+other I/O thread (OSC's, later) joins the same way without knowing about the supervisor. The
+server reports `down()` and `restarts` in its status (`/status/threads_down`, `/status/restarts`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,6 @@ ENDED = "ended"  # ended after the supervisor was told the server is stopping
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 HEALTHY_AFTER = 30.0  # a run this long resets the backoff
-
-
-def plain_thread(name: str, body: Body) -> threading.Thread:
-    """Start `body` on a daemon thread with no supervision (clients, tests, tools)."""
-    thread = threading.Thread(target=body, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 class _Supervised:

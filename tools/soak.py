@@ -533,6 +533,8 @@ class Soak:
                 "interval_ms": {p: round(_pct(intervals, p) * 1000, 1) for p in (50, 90, 99, 100)} if intervals else {},
                 "latency_ms": {p: round(_pct(lat, p), 1) for p in (50, 90, 99)} if lat else {},
                 "stalls_over_1s": sum(1 for d in intervals if d > STALL_S),
+                "stalls": [[round(a - self.started, 1), round(b - a, 2)]  # [seconds into the run, gap]
+                           for a, b in zip(arrivals, arrivals[1:]) if b - a > STALL_S][:100],
                 "longest_gap_s": round(max(intervals), 3) if intervals else None,
                 "rss_mb_first": round(after_warm[0], 1) if after_warm else None,
                 "rss_mb_last": round(rss[-1], 1) if rss else None,

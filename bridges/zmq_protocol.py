@@ -4,13 +4,17 @@ Shared by the server (`bridges.zmq_server`) and the client (`bridges.zmq_client`
 agree on one validator. numpy only (no torch, no node_server import): the client must load in
 TouchDesigner's Python. Validation looks only at the header and the byte count, so a hostile or
 buggy header is rejected before anything big is allocated; decoding is zero-copy.
-See docs/PROTOCOL.md for the wire format.
+
+`parse_header` raises only `ProtocolError`, whatever the bytes: the header's size is capped, its
+nesting depth is measured before `json` (which recurses once per level) builds anything, and
+every number is checked to be finite and in range. See docs/PROTOCOL.md for the wire format.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,6 +23,7 @@ import numpy as np
 VERSION = 1
 MAX_PIXELS = 16 * 1024 * 1024  # 16 megapixels (4096 x 4096)
 MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_DEPTH = 16  # nested arrays/objects in a header; the server's own output header uses 2
 CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 DTYPES = ("uint8",)
 # The largest legal message body; the server also sets ZMQ_MAXMSGSIZE a little above this.
@@ -28,6 +33,7 @@ __all__ = [
     "VERSION",
     "MAX_PIXELS",
     "MAX_HEADER_BYTES",
+    "MAX_HEADER_DEPTH",
     "CHANNELS",
     "ProtocolError",
     "FrameHeader",
@@ -75,54 +81,104 @@ def _reject_constant(name: str):
     raise ProtocolError(f"header is not strict JSON ({name} is not allowed)")
 
 
-def _int_field(d: dict, name: str) -> int:
-    if name not in d:
-        raise ProtocolError(f"header misses field {name!r}")
-    v = d[name]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ProtocolError(f"header field {name!r} must be an integer, got {v!r}")
-    return v
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ProtocolError(f"header number {text[:40]} is out of range")
+    return value
 
 
-def parse_header(raw: bytes | memoryview) -> FrameHeader:
-    """Validate one header frame (UTF-8 JSON object); raises `ProtocolError`."""
+# A JSON string, or an unterminated one up to the end of the text: brackets inside one do not
+# nest. The pattern matches from every quote it starts at (no failed attempts to backtrack
+# from), so the scan is linear in the header's length even for hostile input.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest array/object nesting in JSON `text`, found without parsing it.
+
+    For text that is not valid JSON the count may be too high, never too low for the part that
+    `json` would read before it fails, so a depth check before `json.loads` bounds its recursion.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.encode("ascii"), np.uint8)
+    opens = (steps == ord("[")) | (steps == ord("{"))
+    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max())
+
+
+def _loads_header(raw: bytes | memoryview) -> Any:
+    """UTF-8 JSON with a size cap, a depth cap and finite numbers only; raises `ProtocolError`."""
     size = raw.nbytes if isinstance(raw, memoryview) else len(raw)
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header is {size} bytes; the maximum is {MAX_HEADER_BYTES}")
     try:
         text = bytes(raw).decode("utf-8")
-        d = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+    depth = nesting_depth(text)
+    if depth > MAX_HEADER_DEPTH:
+        raise ProtocolError(f"header nests {depth} levels deep; the maximum is {MAX_HEADER_DEPTH}")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ProtocolError:
         raise
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also ints of over 4300 digits
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+
+
+def _int_field(d: dict, name: str) -> int:
+    if name not in d:
+        raise ProtocolError(f"header misses field {name!r}")
+    v = d[name]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"header field {name!r} must be an integer, got {_shown(v)}")
+    return v
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short (a hostile header may hold huge values)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return "an integer of " + str(len(str(abs(value)))) + " digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def parse_header(raw: bytes | memoryview) -> FrameHeader:
+    """Validate one header frame (UTF-8 JSON object); raises `ProtocolError` and nothing else."""
+    d = _loads_header(raw)
     if not isinstance(d, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(d).__name__}")
     v = _int_field(d, "v")
     if v != VERSION:
-        raise ProtocolError(f"unsupported protocol version {v}; this server speaks v={VERSION}")
+        raise ProtocolError(f"unsupported protocol version {_shown(v)}; this server speaks v={VERSION}")
     fid = _int_field(d, "id")
     if not -(2**63) <= fid < 2**63:
-        raise ProtocolError(f"header field 'id' must fit in 64 bits, got {fid}")
+        raise ProtocolError(f"header field 'id' must fit in 64 bits, got {_shown(fid)}")
     w = _int_field(d, "w")
     h = _int_field(d, "h")
     c = _int_field(d, "c")
     if w < 1 or h < 1:
-        raise ProtocolError(f"frame size must be at least 1x1, got {w}x{h}")
-    if w * h > MAX_PIXELS:
-        raise ProtocolError(f"frame {w}x{h} is over the {MAX_PIXELS // (1024 * 1024)} megapixel limit")
+        raise ProtocolError(f"frame size must be at least 1x1, got {_shown(w)}x{_shown(h)}")
+    if w > MAX_PIXELS or h > MAX_PIXELS or w * h > MAX_PIXELS:
+        raise ProtocolError(f"frame {_shown(w)}x{_shown(h)} is over the {MAX_PIXELS // (1024 * 1024)} megapixel limit")
     if c not in CHANNELS:
-        raise ProtocolError(f"channels c={c} not supported; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+        raise ProtocolError(f"channels c={_shown(c)} not supported; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
     dtype = d.get("dtype", None)
     if dtype is None:
         raise ProtocolError("header misses field 'dtype'")
-    if dtype not in DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} not supported; expected 'uint8'")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"dtype {_shown(dtype)} not supported; expected 'uint8'")
     t = d.get("t", None)
     if t is not None:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise ProtocolError(f"header field 't' must be a finite number, got {t!r}")
-        t = float(t)
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise ProtocolError(f"header field 't' must be a finite number, got {_shown(t)}")
+        try:
+            t = float(t)  # an int too large for a float raises OverflowError
+        except OverflowError:
+            raise ProtocolError(f"header field 't' must be a finite number, got {_shown(t)}") from None
     known = ("v", "id", "w", "h", "c", "dtype", "t")
     extra = {k: val for k, val in d.items() if k not in known} or None
     return FrameHeader(id=fid, w=w, h=h, c=c, dtype=dtype, t=t, v=v, extra=extra)

@@ -4,6 +4,11 @@ The receive thread only validates and hands frames on (`on_frame`); it never wai
 engine, so input is drained as fast as it arrives and the freshest-frame buffer behind it decides
 what is dropped. Publishing happens on the caller's thread (the frame loop): ZeroMQ sockets are
 not thread-safe, so each socket is used by exactly one thread after `start()`.
+
+No message can end the receive thread: a rejected message goes to `on_error`, any other failure
+on the receive path (a bug, a socket error) to `on_failure`, and the loop goes on. The server
+starts the thread through its supervisor (`start(spawn=...)`), which restarts it should it end
+anyway.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from .zmq_protocol import MAX_HEADER_BYTES, MAX_PIXEL_BYTES, FrameHeader, Protoc
 
 FrameCallback = Callable[[FrameHeader, np.ndarray, float, float], None]
 ErrorCallback = Callable[[str], None]
+# spawn(name, body) starts `body` on a thread and returns it (node_server.server.supervisor.Spawn)
+Spawn = Callable[[str, Callable[[], None]], threading.Thread]
 
 # Copying a small frame is cheaper than zero-copy bookkeeping; above this size send without copying.
 _ZERO_COPY_MIN = 64 * 1024
@@ -28,7 +35,8 @@ class ZmqFrameServer:
     """Binds PULL on `in_addr` and PUB on `out_addr`; calls `on_frame(header, pixels, recv, recv_wall)`.
 
     `recv` is `time.perf_counter()` at receipt (for latency), `recv_wall` is `time.time()` (for
-    the output header). Malformed messages go to `on_error(reason)` and are otherwise ignored.
+    the output header). Malformed messages go to `on_error(reason)` and are otherwise ignored;
+    failures of the receive path itself go to `on_failure(reason)` (default: `on_error`).
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class ZmqFrameServer:
         on_frame: FrameCallback,
         on_error: ErrorCallback,
         *,
+        on_failure: ErrorCallback | None = None,
         context: zmq.Context | None = None,
         rcvhwm: int = 8,
         sndhwm: int = 64,
@@ -47,6 +56,9 @@ class ZmqFrameServer:
         self.out_addr = out_addr
         self.on_frame = on_frame
         self.on_error = on_error
+        self.on_failure = on_failure if on_failure is not None else on_error
+        self.received = 0  # messages taken off the socket
+        self.rejected = 0  # of those, not handed on (malformed, or a failure handling them)
         self._own_context = context is None
         self._ctx = context if context is not None else zmq.Context()
         self._rcvhwm = rcvhwm
@@ -82,44 +94,60 @@ class ZmqFrameServer:
             self.close()
             raise OSError(f"cannot bind ZeroMQ address {addr}: {exc}") from None
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the receive thread, through `spawn(name, body)` when given (the supervisor)."""
         if self._pull is None:
             self.bind()
-        self._thread = threading.Thread(target=self._receive_loop, name="zmq-recv", daemon=True)
-        self._thread.start()
+        self._thread = (spawn or _daemon_thread)("zmq-recv", self._receive_loop)
 
     def _receive_loop(self) -> None:
-        pull = self._pull
+        """Receive until `stop_receiving()`; whatever goes wrong is reported and survived."""
         poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
         while not self._stop.is_set():
-            if not poller.poll(self._poll_ms):
-                continue
-            # Drain what is there, but look at the stop flag every few messages.
-            for _ in range(64):
-                try:
-                    parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:
-                    if self._stop.is_set():
-                        return
-                    raise
-                recv = time.perf_counter()
-                recv_wall = time.time()
-                try:
-                    header, pixels = decode_message(parts)
-                except ProtocolError as exc:
-                    self._report(str(exc))
-                    continue
-                try:
-                    self.on_frame(header, pixels, recv, recv_wall)
-                except Exception as exc:  # a bug downstream must not kill the receiver
-                    self._report(f"frame {header.id} rejected: {exc}")
+            try:
+                if poller.poll(self._poll_ms):
+                    self._drain()
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self._report(f"ZeroMQ receive failed: {type(exc).__name__}: {exc}", self.on_failure)
+                self._stop.wait(0.05)  # a socket that keeps failing must not spin the CPU
 
-    def _report(self, reason: str) -> None:
+    def _drain(self) -> None:
+        """Take what is waiting, but look at the stop flag every few messages."""
+        pull = self._pull
+        for _ in range(64):
+            if self._stop.is_set():
+                return
+            try:
+                parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.received += 1
+            self._handle(parts, time.perf_counter(), time.time())
+
+    def _handle(self, parts: list, recv: float, recv_wall: float) -> None:
         try:
-            self.on_error(reason)
+            header, pixels = decode_message(parts)
+        except ProtocolError as exc:
+            self.rejected += 1
+            self._report(str(exc), self.on_error)
+            return
+        except Exception as exc:  # a bug in the validator: only this message is lost
+            self.rejected += 1
+            self._report(f"frame rejected: checking it failed ({type(exc).__name__}: {exc})", self.on_failure)
+            return
+        try:
+            self.on_frame(header, pixels, recv, recv_wall)
+        except Exception as exc:  # a bug downstream must not kill the receiver
+            self.rejected += 1
+            self._report(f"frame {header.id} rejected: {type(exc).__name__}: {exc}", self.on_failure)
+
+    @staticmethod
+    def _report(reason: str, to: ErrorCallback) -> None:
+        try:
+            to(reason[:300])
         except Exception:
             pass
 
@@ -159,3 +187,9 @@ class ZmqFrameServer:
             self._pub = None
         if self._own_context and self._pull is None and self._pub is None and not self._ctx.closed:
             self._ctx.term()
+
+
+def _daemon_thread(name: str, body: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    return thread

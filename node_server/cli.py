@@ -41,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Run one command; `own_process=True` (the `node-server` program itself, not a caller in
+    the same process) lets a command end the process when it is done (`serve` does)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.own_process = own_process
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -57,5 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `node-server` program (console script and `python -m node_server`)."""
+    sys.exit(main(own_process=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -96,3 +96,141 @@ def test_save_needs_a_user_dir_and_something_to_save(tmp_path):
 def test_flat_toml_writer_round_trips():
     values = {"a": "q\"b\\s\n\t\x01é", "b": 3, "c": 2.0, "d": 1e-7, "e": True, "f": False, "g": -4}
     assert tomllib.loads(dump_flat_toml(values)) == values
+
+
+# -- issue 16, defect 7: any file, nothing outside the folders ---------------------------------
+
+DEEP = {
+    "deep array": b"seed = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "deep inline table": b"prompt = " + b"{a = " * 3000 + b'"x"' + b"}" * 3000 + b"\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEEP))
+def test_a_deeply_nested_preset_is_one_line(store, name):
+    """Was a RecursionError at start-up (--preset) and `internal error` over OSC."""
+    store.user_dir.mkdir(parents=True)
+    (store.user_dir / "deep.toml").write_bytes(DEEP[name])
+    with pytest.raises(NodeServerError, match=r"preset 'deep' \(.*\): not valid TOML: values nest too deeply"):
+        store.recall("deep")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00\x01", "is not UTF-8 text"),
+    (bytes(range(256)), "is not UTF-8 text"),
+    (b"seed = 1" + b"0" * 5000 + b"\n", "not valid TOML"),
+    (b"seed = 99999999999999999999999999\n", "seed: "),
+    (b"strength = nan\n", "strength: "),
+    (b"strength = inf\n", "strength: "),
+    (b'prompt = ["a", "b"]\n', "prompt: "),
+    (b"seed = {a = 1}\n", "seed: "),
+    (b"# " + b"x" * 70_000 + b"\n", "is larger than 64 KiB"),
+])
+def test_junk_in_a_preset_is_one_line(store, content, message):
+    store.user_dir.mkdir(parents=True)
+    (store.user_dir / "junk.toml").write_bytes(content)
+    with pytest.raises(NodeServerError, match=message) as info:
+        store.recall("junk")
+    assert "\n" not in str(info.value)
+
+
+def test_a_preset_that_links_outside_its_folder_is_not_read(store, tmp_path):
+    secret = tmp_path / "elsewhere" / "secret.toml"
+    secret.parent.mkdir()
+    secret.write_text('prompt = "read from outside the preset folder"\n')
+    store.user_dir.mkdir(parents=True)
+    (store.user_dir / "leak.toml").symlink_to(secret)
+    with pytest.raises(NodeServerError, match=r"preset 'leak' .* links outside its folder"):
+        store.recall("leak")
+    assert "leak" not in store.names()
+
+
+def test_links_inside_the_folder_and_a_linked_folder_still_work(tmp_path):
+    real = tmp_path / "dotfiles" / "presets"
+    real.mkdir(parents=True)
+    (real / "mine.toml").write_text("seed = 5\n")
+    (real / "alias.toml").symlink_to(real / "mine.toml")
+    linked = tmp_path / "config-presets"
+    linked.symlink_to(real, target_is_directory=True)  # the user folder itself is a link: fine
+    store = PresetStore(None, linked)
+    assert store.recall("alias") == {"seed": 5} and store.recall("mine") == {"seed": 5}
+    assert store.names() == ["alias", "mine"]
+
+
+def test_a_broken_link_is_not_a_preset(store, tmp_path):
+    store.user_dir.mkdir(parents=True)
+    (store.user_dir / "gone.toml").symlink_to(tmp_path / "missing.toml")
+    with pytest.raises(NodeServerError, match="no preset named 'gone'"):
+        store.recall("gone")
+    assert "gone" not in store.names()
+
+
+def test_a_deep_preset_over_osc_is_an_error_not_an_internal_error(store):
+    import socket
+
+    from pythonosc import osc_message_builder, osc_packet
+
+    from fakes import FakeTarget
+    from node_server.control import OscControl
+
+    store.user_dir.mkdir(parents=True)
+    (store.user_dir / "deep.toml").write_bytes(DEEP["deep array"])
+    ctl = OscControl(FakeTarget(store), port=0).start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5.0)
+    try:
+        b = osc_message_builder.OscMessageBuilder(address="/preset")
+        b.add_arg("deep")
+        sock.sendto(b.build().dgram, ("127.0.0.1", ctl.port))
+        replies = [(m.message.address, m.message.params) for m in osc_packet.OscPacket(sock.recv(65536)).messages]
+    finally:
+        sock.close()
+        ctl.close()
+    assert replies[0][0] == "/error"
+    reason = replies[0][1][0]
+    assert "values nest too deeply" in reason and "internal error" not in reason
+    assert ctl.stats()["errors"] == 1 and ctl._internal_errors == 0
+
+
+# -- properties (hypothesis) -------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_preset_bytes_are_params_or_a_one_line_error(tmp_path_factory, data):
+    user = tmp_path_factory.mktemp("presets")
+    (user / "p.toml").write_bytes(data)
+    try:
+        params = PresetStore(None, user).recall("p")
+    except NodeServerError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert set(params) <= set(PRESET_KEYS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(PRESET_KEYS + ("description",)),
+                       st.integers(min_value=-(10**30), max_value=10**30) | st.floats() | st.text(max_size=600)
+                       | st.booleans(), max_size=6))
+def test_any_preset_values_are_params_or_a_one_line_error(tmp_path_factory, values):
+    import math
+
+    user = tmp_path_factory.mktemp("presets")
+    lines = []
+    for k, v in values.items():
+        if isinstance(v, float) and math.isnan(v):
+            lines.append(f"{k} = nan")
+        else:
+            lines.append(f"{k} = {dump_flat_toml({'x': v}).split(' = ', 1)[1].strip()}")
+    (user / "p.toml").write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    try:
+        params = PresetStore(None, user).recall("p")
+    except NodeServerError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert set(params) <= set(PRESET_KEYS)
+    assert all(not isinstance(v, float) or math.isfinite(v) for v in params.values())

@@ -259,6 +259,10 @@ MALFORMED_WIRE = [
     [_header()],
     [b""],
     [_header(), BODY, b"extra"],
+    # issue 16: each of these used to end the receive thread while the status said "running"
+    [b"[" * 5000 + b"]" * 5000, BODY],
+    [b'{"a":' * 5000 + b"1" + b"}" * 5000, BODY],
+    [_header(t=10**400), BODY],
 ]
 
 
@@ -382,6 +386,16 @@ def test_malformed_messages_never_disturb_good_frames(live):
     reason = feedback.expect("/error", timeout=3.0)[0]
     assert "header" in reason or "frame" in reason
     assert _stream(client, 3, first_id=9990) and app.status().state == "running"
+    assert app.threads() == {"zmq-recv": "running", "frame-loop": "running"}
+    assert (app.status().threads_down, app.status().restarts) == (0, 0)
+
+
+def test_status_says_which_threads_run(live):
+    """/status/threads_down and /status/restarts: what a soak (or a show's watchdog) reads."""
+    app, _, _, feedback, _, _ = live
+    assert feedback.expect("/status/threads_down", timeout=3.0) == [0]
+    assert feedback.expect("/status/restarts", timeout=3.0) == [0]
+    assert set(app.threads()) == {"zmq-recv", "frame-loop"}
 
 
 def test_ping_answers_pong_to_the_sender(live):

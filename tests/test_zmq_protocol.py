@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import bridges.zmq_protocol as protocol
 from bridges.zmq_protocol import (
     MAX_HEADER_BYTES,
+    MAX_HEADER_DEPTH,
     MAX_PIXELS,
     ProtocolError,
     decode_message,
     encode_frame,
+    nesting_depth,
     parse_header,
 )
 
@@ -114,6 +120,17 @@ MALFORMED = {
     "three frames": _msg(_good(), BODY) + [b"extra"],
     "empty message": [],
     "header too big": [json.dumps(_good(pad="x" * MAX_HEADER_BYTES)).encode(), BODY],
+    # issue 16: each of these used to kill the server's receive thread
+    "deeply nested array": [b"[" * 5000 + b"]" * 5000, BODY],
+    "deeply nested object": [b'{"a":' * 5000 + b"1" + b"}" * 5000, BODY],
+    "deep nesting cut short": [b"[" * 60000, BODY],
+    "deep field in a good header": [json.dumps(_good()).encode()[:-1] + b',"x":' + b"[" * 3000 + b"]" * 3000 + b"}", BODY],
+    "t an int too large for a float": [json.dumps(_good(t=10**400)).encode(), BODY],
+    "t overflows to infinity": [json.dumps(_good())[:-1].encode() + b',"t":1e999}', BODY],
+    "t minus infinity": [json.dumps(_good())[:-1].encode() + b',"t":-1e400}', BODY],
+    "extra field infinite": [json.dumps(_good())[:-1].encode() + b',"x":[2e308]}', BODY],
+    "id of 5000 digits": [json.dumps(_good())[:-1].encode().replace(b'"id": 7', b'"id": 1' + b"0" * 5000) + b"}", BODY],
+    "w of 400 digits": [json.dumps(_good(w=10**400)).encode(), BODY],
 }
 
 
@@ -133,3 +150,119 @@ def test_pixel_limit_is_checked_before_the_size_match():
 def test_largest_legal_frame_header_is_accepted():
     header = parse_header(json.dumps(_good(w=4096, h=MAX_PIXELS // 4096, c=4)).encode())
     assert header.nbytes == MAX_PIXELS * 4
+
+
+def test_deep_nesting_is_refused_before_json_builds_it(monkeypatch):
+    """The depth is measured on the text; `json.loads` (which recurses per level) never sees it."""
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(protocol.json, "loads", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for raw in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000):
+        with pytest.raises(ProtocolError, match=f"nests {3000 if raw[0:1] == b'{' else 5000} levels deep"):
+            parse_header(raw)
+    assert calls == []
+
+
+def test_nesting_up_to_the_limit_is_accepted():
+    def nested(levels: int):
+        value: object = 1
+        for _ in range(levels):
+            value = {"a": value}
+        return value
+
+    ok = _good(x=nested(MAX_HEADER_DEPTH - 1))  # the header object itself is one level
+    assert parse_header(json.dumps(ok).encode()).extra["x"] == nested(MAX_HEADER_DEPTH - 1)
+    with pytest.raises(ProtocolError, match=f"nests {MAX_HEADER_DEPTH + 1} levels deep"):
+        parse_header(json.dumps(_good(x=nested(MAX_HEADER_DEPTH))).encode())
+
+
+@pytest.mark.parametrize("text, depth", [
+    ("{}", 1), ("[[]]", 2), ('{"a": "[[[[{{{"}', 1), ('["\\"]', 1), ('["\\\"]]]"]', 1),
+    ('[1, {"b": [2]}]', 3), ('"[["', 0), ("", 0), ('"unterminated [[[', 0),
+])
+def test_nesting_depth_ignores_brackets_in_strings(text, depth):
+    assert nesting_depth(text) == depth
+
+
+def test_hostile_escapes_are_scanned_in_linear_time():
+    """A regex with failing matches would take minutes on 32K escaped quotes; this one does not."""
+    raw = b'"' + b'\\"' * (MAX_HEADER_BYTES // 2 - 1)
+    with pytest.raises(ProtocolError):  # not JSON; the point is that it returns at all
+        parse_header(raw)
+
+
+def test_t_keeps_its_value_when_it_is_a_big_but_finite_int():
+    assert parse_header(json.dumps(_good(t=10**300)).encode()).t == 1e300
+
+
+# -- properties (hypothesis) ---------------------------------------------------------------
+
+_json_leaf = st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**500), max_value=10**500) \
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+_json_value = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=40)
+
+
+def _true_depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max((_true_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_true_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_value)
+def test_nesting_depth_matches_the_structure(value):
+    text = json.dumps(value)
+    assert nesting_depth(text) == _true_depth(value)
+
+
+_FIELDS = ("v", "id", "w", "h", "c", "dtype", "t")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_FIELDS) | st.text(max_size=6), _json_value, max_size=8),
+       st.fixed_dictionaries({}, optional={k: _json_value for k in _FIELDS}))
+def test_any_json_header_is_accepted_valid_or_refused_with_protocol_error(extra, fields):
+    header = {**_good(), **extra, **fields}
+    try:
+        h = parse_header(json.dumps(header).encode())
+    except ProtocolError:
+        return
+    assert h.v == 1 and h.c in (1, 3, 4) and 1 <= h.w * h.h <= MAX_PIXELS and h.dtype == "uint8"
+    assert h.t is None or math.isfinite(h.t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_any_bytes_are_a_header_or_a_protocol_error(raw):
+    try:
+        parse_header(raw)
+    except ProtocolError:
+        pass
+
+
+_CLOSERS = {b"[": b"]", b'{"a":': b"}", b'{"a":[': b"]}"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=8000), st.sampled_from(sorted(_CLOSERS)), st.booleans())
+def test_any_nesting_depth_is_handled(depth, opener, closed):
+    raw = opener * depth + b"1" + (_CLOSERS[opener] * depth if closed else b"")
+    if len(raw) > MAX_HEADER_BYTES:
+        raw = raw[:MAX_HEADER_BYTES]
+    with pytest.raises(ProtocolError):  # never a header object with v, id, w, h, c
+        parse_header(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=200))
+def test_every_truncation_of_a_valid_header_is_refused_cleanly(cut):
+    raw = json.dumps(_good(t=1718000000.25, server={"batch": [1, 2]})).encode()
+    cut = min(cut, len(raw))
+    if cut == len(raw):
+        assert parse_header(raw[:cut]).id == 7
+    else:
+        with pytest.raises(ProtocolError):
+            parse_header(raw[:cut])

@@ -94,7 +94,11 @@ class NdiReceiver:
     def label(self) -> str:
         return f"ndi {self.query.describe()}"
 
-    def start(self) -> None:
+    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
+        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
+        if spawn is not None:
+            self._thread = spawn("ndi-in", self._run)
+            return
         self._thread = threading.Thread(target=self._run, name="ndi-in", daemon=True)
         self._thread.start()
 

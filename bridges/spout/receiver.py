@@ -78,7 +78,11 @@ class SpoutReceiver:
     def label(self) -> str:
         return f'spout "{self.name}"' if self.name else "spout (active sender)"
 
-    def start(self) -> None:
+    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
+        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
+        if spawn is not None:
+            self._thread = spawn("spout-in", self._run)
+            return
         self._thread = threading.Thread(target=self._run, name="spout-in", daemon=True)
         self._thread.start()
 

@@ -54,7 +54,11 @@ class SpoutSender:
     def label(self) -> str:
         return f'spout "{self.name}"'
 
-    def start(self) -> None:
+    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
+        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
+        if spawn is not None:
+            self._thread = spawn("spout-out", self._run)
+            return
         self._thread = threading.Thread(target=self._run, name="spout-out", daemon=True)
         self._thread.start()
 

@@ -1,15 +1,12 @@
 """`node-server serve`: frames over ZeroMQ, Spout and/or NDI, control over OSC, until SIGINT/SIGTERM.
 
-The model loads on a background thread so that a signal during a long load still ends the process
-at once; the main thread only waits for a stop request and then closes everything.
+Start-up, the model load, signals and shutdown are `node_server.server.lifecycle`'s job: a
+signal at any moment ends the process with status 0 within 2 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
 
 from .lllite_args import add_lllite_arguments
 
@@ -81,45 +78,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server.app import ServerApp
+    from ..server.lifecycle import Lifecycle
 
-    config = config_from_args(args)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-    signalled: list[int] = []
+    def make_app():
+        from ..server.app import ServerApp
 
-    def on_signal(signum, frame):
-        if signalled:  # a second signal: give up on a clean stop
-            raise KeyboardInterrupt
-        signalled.append(signum)
-        stop.set()
+        return ServerApp(config_from_args(args))
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    app = ServerApp(config)
-    try:
-        try:
-            app.open()
-        except OSError as exc:
-            from ..errors import NodeServerError
-
-            raise NodeServerError(str(exc)) from None
-
-        def load() -> None:
-            try:
-                app.load()
-            except BaseException as exc:  # reported by the main thread
-                failure.append(exc)
-                stop.set()
-
-        threading.Thread(target=load, name="model-load", daemon=True).start()
-        while not stop.wait(0.1):
-            pass
-    finally:
-        print("node-server serve: stopping", file=sys.stderr, flush=True)
-        app.close()
-        for s, h in old.items():
-            signal.signal(s, h)
-    if failure and not signalled:  # a load cut short by the stop request is no failure
-        raise failure[0]
-    print("node-server serve: stopped", file=sys.stderr, flush=True)
-    return 0
+    # Signals are taken over before anything slow (the config reads the model folder, torch
+    # loads): from here on a Ctrl-C exits 0. As its own process, serve ends it inside `run`.
+    return Lifecycle(owns_process=getattr(args, "own_process", False)).run(make_app)

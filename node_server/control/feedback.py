@@ -132,6 +132,8 @@ class Feedback:
             build_message(p + "errors", _int32(s.errors)),
             build_message(p + "state", str(s.state)),
             build_message(p + "prompt", str(s.prompt)),
+            build_message(p + "threads_down", _int32(s.threads_down)),
+            build_message(p + "restarts", _int32(s.restarts)),
         ):
             bundle.add_content(msg)
         self._send(bundle.build().dgram)

@@ -399,6 +399,10 @@ FEEDBACK: tuple[Reply, ...] = (
     Reply("/status/state", "s", "`loading`, `warming`, `running` or `paused`."),
     Reply("/status/prompt", "s", "The prompt whose conditioning is active now; also sent on its own "
           "as soon as it changes."),
+    Reply("/status/threads_down", "i", "Server threads (frame input, frame loop, outputs) that are not "
+          "running now; 0 while all are. One that stops unexpectedly is restarted after a short pause "
+          "and reported as `/error`."),
+    Reply("/status/restarts", "i", "Server threads restarted since start (each restart is also an `/error`)."),
 )
 
 REPLIES: tuple[Reply, ...] = (

@@ -4,28 +4,28 @@ Built-in presets live in the repository's `presets/` folder; user presets are sa
 separate folder and shadow built-ins of the same name, so saving never edits shipped files.
 Values are checked with the same inventory rules as OSC messages, so a preset can never apply
 something `/seed` or `/steps` would have rejected.
+
+A preset name is recalled over the network, so loading holds for any file: nothing outside the
+preset folders is read (a file that links elsewhere is refused), and a file of junk, a deep
+nesting or a huge one is a one-line error (`node_server.toml_file`), never a traceback.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 only
-    import tomli as tomllib
-
 from node_server.control.inventory import PARAM_CONTROLS, ControlValueError, check_preset_name
 from node_server.errors import NodeServerError
+from node_server.toml_file import read_toml
 
 PRESET_KEYS = ("prompt", "seed", "steps", "strength", "refresh")
 META_KEYS = ("description",)
 SUFFIX = ".toml"
+MAX_PRESET_BYTES = 64 * 1024  # a preset is a few lines (a prompt is at most 500 characters)
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
 
@@ -87,6 +87,14 @@ def dump_flat_toml(values: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """True when `path`, with every link followed, is in `folder` (itself possibly a link)."""
+    try:
+        return path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
+    except (OSError, RuntimeError):  # a broken link or a loop of links
+        return False
+
+
 def _check_values(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validate preset keys/values with the inventory's rules; return the params to apply."""
     params: dict[str, Any] = {}
@@ -122,6 +130,8 @@ class PresetStore:
         for d in self._dirs():
             if d.is_dir():
                 for p in d.glob("*" + SUFFIX):
+                    if not _inside(d, p):
+                        continue  # links out of the folder: never read, so not listed
                     name = p.name[: -len(SUFFIX)]
                     try:
                         found.add(check_preset_name(name))
@@ -135,6 +145,9 @@ class PresetStore:
         for d in self._dirs():
             p = d / (name + SUFFIX)
             if p.is_file():
+                if not _inside(d, p):
+                    raise NodeServerError(f"preset {name!r} ({p}) links outside its folder {d}; "
+                                          "presets are only read from their folders")
                 return p
         known = self.names()
         listing = ", ".join(known) if known else "none"
@@ -148,12 +161,7 @@ class PresetStore:
         """Raw validated file content including `description` (for listings)."""
         p = self.path(name)
         where = f"preset {name!r} ({p})"
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise NodeServerError(f"{where}: not valid TOML: {e}") from None
-        except OSError as e:
-            raise NodeServerError(f"{where}: cannot read: {e.strerror}") from None
+        raw = read_toml(p, where, max_bytes=MAX_PRESET_BYTES)
         params = _check_values(raw, where)
         if "description" in raw:
             params["description"] = raw["description"]

@@ -21,6 +21,8 @@ class Status:
     errors: int = 0  # malformed inputs seen (OSC and frames)
     state: str = "loading"  # loading | warming | running | paused
     prompt: str = ""  # the prompt whose conditioning is active now
+    threads_down: int = 0  # supervised I/O threads not running now (0 = all alive)
+    restarts: int = 0  # supervised I/O threads restarted since start
 
 
 class ControlTarget(Protocol):

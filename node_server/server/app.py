@@ -3,6 +3,8 @@
 Start-up is split so that everything a user needs to see (addresses, model, device) is bound and
 printed before anything slow: `open()` binds sockets and prints, `load()` builds the engine and
 warms it up (slow), then frames flow. `close()` ends every thread and socket within about a second.
+Signals and the order of these calls belong to `lifecycle.py`; the I/O threads run under
+`supervisor.py`, which restarts one that ends unexpectedly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .error_limit import INPUT, SERVER, ErrorRateLimit
 from .frame_loop import FrameLoop
 from .latest import LatestBuffer, Pending
 from .stats import Stats
+from .supervisor import Supervisor
 
 EngineFactory = Callable[["ServerApp", Params], Any]
 ERRORS_PER_SECOND = 20  # /error messages forwarded per second and source (all errors are still counted)
@@ -64,6 +67,7 @@ class ServerApp:
         self._engine_factory = engine_factory or default_engine_factory
         self._want_osc = osc
         self.stats = Stats()
+        self.supervisor = Supervisor(self.report_server_error)  # the I/O threads and the frame loop
         self._lock = threading.RLock()  # guards _params/_engine/_paused against the OSC threads
         self._params = Params()
         if config.batch_size is not None:
@@ -77,7 +81,8 @@ class ServerApp:
         self.buffer = LatestBuffer(self._params.batch_size)
         self.zmq: ZmqFrameServer | None = None  # None with --no-zmq
         if not config.no_zmq:
-            self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error)
+            self.zmq = ZmqFrameServer(config.zmq_in, config.zmq_out, self._on_frame, self.report_error,
+                                      on_failure=self.report_server_error)
         self.spout_in: Any = None  # bridges.spout.SpoutReceiver with --spout-in
         self.spout_out: Any = None  # bridges.spout.SpoutSender with --spout-out
         self.ndi_in: Any = None  # bridges.ndi.NdiReceiver with --ndi-in
@@ -112,16 +117,17 @@ class ServerApp:
             if self.zmq is not None:
                 self.zmq.close()
             raise
+        spawn = self.supervisor.spawn
         if self.zmq is not None:
-            self.zmq.start()
+            self.zmq.start(spawn=spawn)
         if self.spout_out is not None:
-            self.spout_out.start()
+            self.spout_out.start(spawn=spawn)
             self._sinks.append(self.spout_out.publish)
         if self.spout_in is not None:
-            self.spout_in.start()
+            self.spout_in.start(spawn=spawn)
         for bridge in (self.ndi_out, self.ndi_in):
             if bridge is not None:
-                bridge.start()
+                bridge.start(spawn=spawn)
         if self.ndi_out is not None:
             self._sinks.append(self.ndi_out.publish)
         self._banner()
@@ -226,7 +232,7 @@ class ServerApp:
                 on_error=self.report_server_error,
             )
             self.stats.set_state("paused" if self._paused else "running")
-            self.loop.start()
+            self.loop.start(spawn=self.supervisor.spawn)
         self._say(f"node-server serve: {'paused' if self._paused else 'running'}")
         self._notify()
 
@@ -236,6 +242,7 @@ class ServerApp:
             if self._closed:
                 return
             self._closed = True
+        self.supervisor.stop()  # threads that end from here on were asked to
         self.buffer.close()
         if self.zmq is not None:
             self.zmq.stop_receiving(timeout=0.5)
@@ -341,7 +348,13 @@ class ServerApp:
         engine = self._engine
         if engine is not None:
             s.prompt = engine.active_prompt or ""
+        s.threads_down = len(self.supervisor.down())
+        s.restarts = self.supervisor.restarts
         return s
+
+    def threads(self) -> dict[str, str]:
+        """The supervised threads by name: `running`, `restarting` or `ended`."""
+        return self.supervisor.states()
 
     # -- OSC side ------------------------------------------------------------------------
     def _preset_store(self) -> Any:

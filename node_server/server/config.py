@@ -6,6 +6,8 @@ gives one.
 
 The file uses the flags' names (`osc-port = 9000` or `osc_port = 9000`); an unknown key or a
 value of the wrong type is an error that names the key, so a typo never silently does nothing.
+Whatever the file holds (or whatever `--config` points at), the error is one line
+(`node_server.toml_file`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import NodeServerError
+from ..toml_file import read_toml
 
 
 def default_presets_dir() -> Path:
@@ -85,9 +84,27 @@ _FLOAT_KEYS = {"lllite_strength"}
 _BOOL_KEYS = {"no_zmq"}
 
 
+_ZMQ_TRANSPORTS = ("tcp", "ipc", "inproc")
+
+
+def check_zmq_address(text: str, what: str) -> str:
+    """A ZeroMQ bind address: `tcp://HOST:PORT` with PORT 0..65535 (0 or `*`: any free port),
+    `ipc://PATH` or `inproc://NAME`. libzmq itself would bind port 70000 as 70000 % 65536."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in _ZMQ_TRANSPORTS or not rest:
+        raise NodeServerError(f"{what} must be tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {text!r}")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host:
+            raise NodeServerError(f"{what} must be tcp://HOST:PORT, got {text!r}")
+        if port != "*" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise NodeServerError(f"{what} port must be 0..65535 (0 or * = any free port), got {text!r}")
+    return text
+
+
 def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise NodeServerError(f"{what} must be HOST:PORT with a port 1..65535, got {text!r}")
     return host.strip("[]"), int(port)
 
@@ -136,6 +153,8 @@ def _check(key: str, value: Any, origin: str) -> Any:
         raise NodeServerError(f"{origin}: console_token must be 8..256 printable characters without spaces")
     if key.startswith("ndi_"):
         check_ndi(key, value, origin)
+    if key in ("zmq_in", "zmq_out"):
+        check_zmq_address(value, f"{origin}: {key}")
     if key in ("spout_in", "spout_out"):
         if len(value.encode()) > 255 or "\0" in value:
             raise NodeServerError(f"{origin}: {key} must be a Spout sender name of at most 255 bytes, got {value!r}")
@@ -147,13 +166,7 @@ def _check(key: str, value: Any, origin: str) -> Any:
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a TOML file; returns {field name: value}."""
     p = Path(path).expanduser()
-    try:
-        with open(p, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise NodeServerError(f"config file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise NodeServerError(f"config file {p} is not valid TOML: {exc}") from None
+    raw = read_toml(p, f"config file {p}")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")

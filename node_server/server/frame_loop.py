@@ -46,16 +46,23 @@ class FrameLoop:
         self.gather = gather
         self.poll = poll
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="frame-loop", daemon=True)
+        self._thread: Any = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
+        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
+        if spawn is None:
+            self._thread = threading.Thread(target=self._run, name="frame-loop", daemon=True)
+            self._thread.start()
+        else:
+            self._thread = spawn("frame-loop", self._run)
 
     def stop(self) -> None:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; returns True when it has ended."""
+        if self._thread is None:
+            return True
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()

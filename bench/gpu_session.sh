@@ -5,6 +5,8 @@
 #
 #   bash bench/gpu_session.sh            # one H200: tests, I,C,S,P,L, P,L at encoder 256, C on SM
 #                                        # partitions, U-Net compile levers (what time allows)
+#   bash bench/gpu_session.sh checks     # the CUDA tests, then point L with a paper-size adapter
+#   bash bench/gpu_session.sh final      # I,C,S,P with the breakdown, then a short GPU soak
 #   bash bench/gpu_session.sh two-gpu    # two GPUs: the two-GPU test, P and L with the encoder on cuda:1
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
@@ -78,7 +80,19 @@ import diffusers, transformers
 print("diffusers", diffusers.__version__, "transformers", transformers.__version__)
 EOF
 
-if [ "$MODE" = "two-gpu" ]; then
+if [ "$MODE" = "checks" ]; then
+  # the CUDA tests (each under 240 s), then point L with a paper-size adapter (DreamLite-mobile's
+  # published U-Net: 108 modules, 38 hooked on the down blocks)
+  part tests 290 $PY -m pytest tests -v -p no:cacheprovider -rA --tb=short --timeout 240 \
+    --continue-on-collection-errors -k "cuda or gpu"
+  bench mobileL 260 --points L --unet mobile --frames 480 --no-breakdown
+elif [ "$MODE" = "final" ]; then
+  # points I,C,S,P with the breakdown, then a short soak of the server on the paper's shapes (its
+  # batch-1 graphs come from the Inductor cache the bench just filled)
+  bench main 330 --points I,C,S,P --frames 480
+  part soak 220 $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
+    --minutes "${SOAK_MINUTES:-2}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
+elif [ "$MODE" = "two-gpu" ]; then
   part tests 150 $PY -m pytest tests -v -p no:cacheprovider -rs --continue-on-collection-errors -k "cuda or gpu"
   bench twogpu 330 --points P,L --encoder-device same,cuda:1 --frames 480 --no-breakdown
 else
@@ -91,5 +105,6 @@ else
 fi
 
 cat "$WORK"/results/*.md > "$OUT/summary.md" 2>/dev/null
+[ -f "$WORK/logs/tests.log" ] && cp "$WORK/logs/tests.log" "$OUT/tests.log"
 tar -czf "$OUT/results.tar.gz" -C "$WORK" results logs
 say "gpu_session done in $(( $(date +%s) - START )) s"

@@ -104,8 +104,9 @@ class FixedShapeEditForward:
         mask = causal[None, None] & keys[:, None, None, :]
         rope = lm.rotary_emb(hidden, position_ids)
         for layer, decoder in enumerate(lm.layers):
-            hidden = decoder(hidden, attention_mask=mask, position_ids=None, past_key_values=None,
-                             position_embeddings=rope)
+            # No cache argument: its name differs between transformers 4.57 (past_key_values) and
+            # 5.x (cache, which warns on the old name), and both default to none.
+            hidden = decoder(hidden, attention_mask=mask, position_ids=None, position_embeddings=rope)
             if layer < len(features):
                 hidden = hidden + torch.where(image_mask, placed(features[layer]).to(hidden.dtype), 0)
         return lm.norm(hidden)

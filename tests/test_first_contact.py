@@ -373,3 +373,80 @@ def test_help_texts_name_the_default_model_and_every_synthetic_size(capsys):
             assert needle in text, (argv, needle)
     top = build_parser().format_help()
     assert "tiny or paper shapes" not in top
+
+
+# ------------------------------------------------------------------ the docs a first user reads
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _table_fields(text: str) -> list[str]:
+    import re
+
+    fields = []
+    for line in text.splitlines():
+        m = re.match(r"\|\s*(`[^|]+`)\s*\|", line)
+        if m:
+            fields += re.findall(r"`([^`]+)`", m.group(1))
+    return fields
+
+
+def test_protocol_md_describes_the_output_header_as_the_server_sends_it(tiny_bundle):
+    """A client written from docs/PROTOCOL.md alone reads the fields where they are: `server` is a
+    nested object, and every field the server sends is listed (and nothing else)."""
+    import json
+    import re
+
+    from node_server.models.loader import frame_size_for
+
+    doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    output = doc.split("### Output header")[1].split("## Order")[0]
+    top, nested = output.split("The `server` object:")
+    app = start(tiny_bundle)
+    client = ZmqClient(app.zmq.in_endpoint, app.zmq.out_endpoint)
+    try:
+        assert client.wait_connected(5.0)
+        client.send(np.zeros((48, 80, 3), np.uint8), id=9)
+        header, _ = client.recv(timeout=20)
+    finally:
+        client.close()
+        app.close()
+    assert sorted(_table_fields(top)) == sorted(header)  # v id t w h c dtype prompt server
+    assert isinstance(header["server"], dict)
+    assert sorted(_table_fields(nested)) == sorted(header["server"])
+    example = json.loads(re.search(r"```json\n(.*?)```", output, re.S).group(1))
+    assert sorted(example) == sorted(header) and sorted(example["server"]) == sorted(header["server"])
+    demo = frame_size_for("demo")
+    assert f"{demo}x{demo} for the default demo model" in top  # not "512x512 by default"
+    assert "512x512 by default" not in (ROOT / "README.md").read_text()
+
+
+def test_resolume_md_uses_a_demo_style_and_the_models_real_strength_range():
+    """The Resolume page's example prompt is one the default model knows, and its relay maps a
+    0..1 dial onto the demo model's real strength range, not 0..1."""
+    import re
+
+    from node_server.control.presets import BUILTIN_DIR
+    from node_server.models.loader import DEMO_DIR
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    doc = (ROOT / "docs" / "RESOLUME.md").read_text()
+    demo = __import__("json").loads((DEMO_DIR / "node_server.json").read_text())
+    relay = re.search(r"```python\n(# resolume_relay.py.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    # everything above the serving loop: the map and its conversions, run as written
+    exec(relay.split("d = dispatcher.Dispatcher()")[0].replace("server = udp_client", "_unused = udp_client"),
+         namespace)
+    target, convert = namespace["MAP"]["/composition/dashboard/link1"]
+    assert target == "/strength"
+    assert convert(1.0) == pytest.approx(demo["max_strength"]) and 0 < convert(0.0) < demo["max_strength"]
+    prompts = {tomllib.loads(p.read_text())["prompt"] for p in BUILTIN_DIR.glob("*.toml")
+               if "demo model style" in tomllib.loads(p.read_text()).get("description", "")}
+    sent = re.findall(r"send_message\('/prompt', '([^']+)'\)", doc)
+    assert sent and all(p in prompts for p in sent)
+    assert "oil painting" not in doc

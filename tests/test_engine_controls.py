@@ -287,3 +287,24 @@ def test_sd_runs_16_9_in_both_step_modes(sd_bundle):
             assert [o.id for o in outs] == [0, 1, 2, 3]
             assert all(o.image.shape == (64, 96, 3) for o in outs)
             assert eng.model_info() == {"family": "sd", "max_strength": 1.0, "width": 96, "height": 64}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+def test_on_a_gpu_blending_and_pass_through_never_recapture_the_graph(tiny_bundle):
+    """On the compiled path: a prompt set, weight changes, seed blends and pass-through frames keep
+    the one captured graph (the conditioning keeps one shape)."""
+    bundle = copy.deepcopy(tiny_bundle).to(torch.device("cuda"), torch.float32)
+    img = frame(10)
+    with StreamEngine(bundle, Params().replace(prompt="a"), size=SIZE, encoder_image_size=64, device="cuda",
+                      dtype=torch.float32, progress=False) as eng:
+        eng.warmup(progress=False)
+        until(eng, img, "a")
+        captured = list(eng.graphed.captured)
+        eng.set_params(blend=["a", 0.5, "b", 0.5])
+        until(eng, img, "0.50*a + 0.50*b")
+        for w in (0.1, 0.6, 0.9):
+            eng.set_params(blend_1_weight=w, seed_blend=[1, w, 2, 1 - w])
+            eng.step([img], [1])
+        eng.set_params(prompt="", blend=[])
+        np.testing.assert_array_equal(eng.step([img], [2])[0].image, img)
+        assert eng.graphed.captured == captured == [(1, 1)]

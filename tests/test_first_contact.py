@@ -95,7 +95,14 @@ def capped(bundle, top=0.08, default=0.05):
 
 
 def osc_client(app) -> udp_client.SimpleUDPClient:
-    return udp_client.SimpleUDPClient("127.0.0.1", app.control.port)
+    """A python-osc client the server knows: after a /ping it answers this sender's errors whole
+    (an unknown sender's answers are cut to the size of what it sent; docs/OSC.md)."""
+    client = udp_client.SimpleUDPClient("127.0.0.1", app.control.port)
+    client.send_message("/ping", None)
+    deadline = time.monotonic() + 5
+    while not any(m.address == "/pong" for m in client.get_messages(timeout=0.5)):
+        assert time.monotonic() < deadline, "no /pong"
+    return client
 
 
 def wait_for(predicate, timeout=10.0):

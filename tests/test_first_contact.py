@@ -260,6 +260,7 @@ def test_a_server_with_no_prompt_passes_frames_through_and_says_so(tiny_bundle):
         assert header["id"] == 1 and header["prompt"] == ""
         np.testing.assert_array_equal(image, picture)  # unchanged, not grey mush
         assert app.status().prompt == ""
+        assert "running; no prompt yet: frames pass through unchanged" in app.banner
         osc_client(app).send_message("/prompt", "make it an old sepia photograph")
         deadline = time.monotonic() + 30
         while True:
@@ -351,6 +352,7 @@ def test_a_start_prompt_wins_over_the_start_presets(tiny_bundle, tmp_path):
         params = app.current_params()
         assert params["prompt"] == "turn it into a blueprint drawing" and params["strength"] == 0.05
         assert app.status().prompt == "turn it into a blueprint drawing"  # the warm-up encoded it
+        assert "no prompt yet" not in app.banner
     finally:
         app.close()
     app = start(capped(tiny_bundle), preset="comic", presets_dir=str(tmp_path))  # above the cap

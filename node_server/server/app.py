@@ -230,7 +230,9 @@ class ServerApp:
             )
             self.stats.set_state("paused" if self._paused else "running")
             self.loop.start()
-        self._say(f"node-server serve: {'paused' if self._paused else 'running'}")
+        idle = self._params.active_blend()[0] == ("",)
+        note = "; no prompt yet: frames pass through unchanged until /prompt or /preset" if idle else ""
+        self._say(f"node-server serve: {'paused' if self._paused else 'running'}{note}")
         self._notify()
 
     def close(self, timeout: float = 1.0) -> None:

@@ -110,7 +110,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return _pil_to_array(img)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{path}: cannot read image ({exc}); expected {_SUPPORTED}") from None
 
 
@@ -144,6 +144,28 @@ def _fps_fraction(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def _codec_name(stream) -> str:
+    try:
+        return stream.codec_context.name
+    except Exception:  # noqa: BLE001 - a codec this FFmpeg build cannot decode
+        return "unknown"
+
+
+def _probe_folder(folder: Path, shown: Path) -> None:
+    """Create `folder` (and its parents) and write and remove a file in it, so a read-only or
+    missing place fails in one line before any slow work; root ignores permission bits, so only
+    a real write tells."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".node-server-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InputError(f"{shown}: cannot write there ({reason}); choose a writable output path") from None
+
+
 # --------------------------------------------------------------------------------------------
 # sources
 
@@ -171,9 +193,12 @@ class FrameSource:
 
 
 class VideoSource(FrameSource):
-    """A video file decoded with PyAV (first video stream)."""
+    """A video file decoded with PyAV (first video stream). `audio_codec` names its first audio
+    track's codec (None without one); `start_seconds` is when its first video frame is shown."""
 
     kind = "video"
+    audio_codec: str | None = None
+    start_seconds: float = 0.0
 
     def __init__(self, path: Path):
         import av
@@ -189,6 +214,10 @@ class VideoSource(FrameSource):
                 self.fps_fraction = Fraction(rate) if rate else Fraction(30)
                 self._format = self._pick_format(stream.codec_context.pix_fmt)
                 count = int(stream.frames or 0)
+                audio = container.streams.audio[0] if container.streams.audio else None
+                self.audio_codec = _codec_name(audio) if audio is not None else None
+                start = stream.start_time
+                self.start_seconds = float(start * stream.time_base) if start is not None and stream.time_base else 0.0
         except InputError:
             raise
         except FileNotFoundError:
@@ -257,12 +286,19 @@ class ImageSource(FrameSource):
 
 
 class FolderSource(FrameSource):
-    """A folder of images in natural order; other files (and sub-folders) are ignored."""
+    """A folder of images in natural order; other files (and sub-folders) are ignored.
+
+    `strict` (the default) raises `InputError` at the first unreadable image; otherwise it is
+    skipped (its index is not yielded), listed in `skipped` as (path, reason) and reported to
+    `on_skip(path, reason)`, so one corrupt file does not end a long job."""
 
     kind = "folder"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, strict: bool = True, on_skip=None):
         self.path = path
+        self.strict = strict
+        self.on_skip = on_skip
+        self.skipped: list[tuple[Path, str]] = []
         files = [
             p
             for p in path.iterdir()
@@ -281,12 +317,23 @@ class FolderSource(FrameSource):
         return len(self.files)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        self.skipped = []
         for i, p in enumerate(self.files):
-            yield i, read_image(p)
+            try:
+                frame = read_image(p)
+            except InputError as exc:
+                if self.strict:
+                    raise
+                self.skipped.append((p, str(exc)))
+                if self.on_skip is not None:
+                    self.on_skip(p, str(exc))
+                continue
+            yield i, frame
 
 
-def open_source(path: str | os.PathLike) -> FrameSource:
-    """Open a video, an image or a folder of images as a FrameSource; InputError if not readable."""
+def open_source(path: str | os.PathLike, *, strict: bool = True, on_skip=None) -> FrameSource:
+    """Open a video, an image or a folder of images as a FrameSource; InputError if not readable.
+    `strict` / `on_skip`: what a folder does with an unreadable image (see `FolderSource`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; expected {_SUPPORTED}")
@@ -294,7 +341,7 @@ def open_source(path: str | os.PathLike) -> FrameSource:
     if kind == "folder":
         if not path.is_dir():
             raise InputError(f"{path}: is a file without an extension; expected {_SUPPORTED}")
-        return FolderSource(path)
+        return FolderSource(path, strict=strict, on_skip=on_skip)
     if path.is_dir():  # pragma: no cover - _path_kind returns "folder" for directories
         raise InputError(f"{path}: is a folder")
     if kind == "video":
@@ -320,8 +367,14 @@ class FrameSink:
     def __init__(self) -> None:
         self.count = 0
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, index: int | None = None) -> None:
+        """Write the next frame; `index` is its place in the source (a folder output names its
+        file after it, so a skipped input does not shift the names)."""
         raise NotImplementedError
+
+    def check_writable(self) -> None:
+        """Raise `InputError` now if the output cannot be written (creates its folder)."""
+        _probe_folder(self.path.parent, self.path)
 
     def close(self) -> None:
         pass
@@ -350,6 +403,13 @@ class VideoSink(FrameSink):
         self._container = None
         self._stream = None
         self._size: tuple[int, int] | None = None  # (h, w) of incoming frames
+        self._audio_from: Path | None = None  # copy this file's first audio track (`copy_audio_from`)
+        self._audio_shift = 0.0
+        self._audio_in = None
+        self._audio_out = None
+        self._audio_packets = None
+        self._audio_next = None
+        self.audio_packets = 0  # audio packets copied
 
     @staticmethod
     def _pick_codec(ext: str) -> str:
@@ -364,11 +424,37 @@ class VideoSink(FrameSink):
                 continue
         raise InputError(f"no video encoder for {ext} in this FFmpeg build (tried {', '.join(candidates)})")
 
+    def copy_audio_from(self, source: "VideoSource") -> str | None:
+        """Copy `source`'s first audio track into this video, packet for packet (a remux: the
+        sound is not re-encoded, and the frames are unchanged). Returns None when it will be
+        copied, else why it cannot be (this container does not take that codec)."""
+        import io
+
+        import av
+
+        try:
+            with av.open(str(source.path)) as src:
+                if not src.streams.audio:
+                    return "the input has no audio track"
+                with av.open(io.BytesIO(), mode="w", format=self._container_format()) as probe:
+                    probe.add_stream_from_template(src.streams.audio[0])
+        except ValueError:  # PyAV: "'webm' format does not support 'aac' codec"
+            return f"{self.path.suffix} files cannot hold {source.audio_codec or 'this'} audio"
+        except (av.FFmpegError, OSError) as exc:
+            return f"its audio cannot be read ({exc})"
+        self._audio_from = source.path
+        self._audio_shift = float(getattr(source, "start_seconds", 0.0) or 0.0)
+        return None
+
+    def _container_format(self) -> str:
+        return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+                ".avi": "avi"}[self.path.suffix.lower()]
+
     def _open(self, h: int, w: int) -> None:
         import av
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(self.path), mode="w")
         except (av.FFmpegError, OSError) as exc:
             raise InputError(f"{self.path}: cannot create video ({exc})") from None
@@ -384,8 +470,39 @@ class VideoSink(FrameSink):
             stream.bit_rate = max(2_000_000, w * h * 8)
         self._stream = stream
         self._size = (h, w)
+        if self._audio_from is not None:
+            self._audio_in = av.open(str(self._audio_from))
+            template = self._audio_in.streams.audio[0]
+            self._audio_out = self._container.add_stream_from_template(template)
+            self._audio_packets = self._audio_in.demux(template)
 
-    def write(self, frame: np.ndarray) -> None:
+    def _mux_audio(self, until: float | None) -> None:
+        """Mux the input's audio packets that play before `until` seconds of output (all when
+        None), so sound and picture stay interleaved as they are written. Times are shifted by
+        the input's first video frame, as the output's first frame is at 0."""
+        if self._audio_packets is None:
+            return
+        while True:
+            packet = self._audio_next
+            if packet is None:
+                packet = next(self._audio_packets, None)
+                if packet is None:
+                    self._audio_packets = None
+                    return
+                if packet.dts is None or packet.pts is None or packet.size == 0:
+                    continue  # the demuxer's flush packet
+                shift = round(self._audio_shift / float(packet.time_base))
+                packet.pts -= shift  # an encoder's priming packet may start below 0: kept, as
+                packet.dts -= shift  # the input had it (dropping it would click)
+            if until is not None and float(packet.pts * packet.time_base) > until:
+                self._audio_next = packet
+                return
+            self._audio_next = None
+            packet.stream = self._audio_out
+            self._container.mux(packet)
+            self.audio_packets += 1
+
+    def write(self, frame: np.ndarray, index: int | None = None) -> None:
         import av
 
         arr = _to_rgb(_as_uint8_frame(frame))
@@ -405,6 +522,7 @@ class VideoSink(FrameSink):
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
         self.count += 1
+        self._mux_audio(self.count / self.fps)
 
     def close(self) -> None:
         if self._container is None:
@@ -412,9 +530,13 @@ class VideoSink(FrameSink):
         try:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
+            self._mux_audio(None)
         finally:
             self._container.close()
             self._container = None
+            if self._audio_in is not None:
+                self._audio_in.close()
+                self._audio_in = None
 
 
 class ImageSink(FrameSink):
@@ -428,7 +550,7 @@ class ImageSink(FrameSink):
         super().__init__()
         self.path = path
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, index: int | None = None) -> None:
         if self.count >= 1:
             raise InputError(
                 f"{self.path}: an image output holds one frame but more were given; "
@@ -456,10 +578,16 @@ class FolderSink(FrameSink):
             return f"{self.names[index]}.png"
         return f"frame_{index + 1:06d}.png"
 
-    def write(self, frame: np.ndarray) -> None:
+    def check_writable(self) -> None:
+        _probe_folder(self.path, self.path)
+
+    def write(self, frame: np.ndarray, index: int | None = None) -> None:
         arr = _as_uint8_frame(frame)
-        self.path.mkdir(parents=True, exist_ok=True)
-        _save_image(arr, self.path / self.name_for(self.count))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot create the folder ({exc.strerror or exc})") from None
+        _save_image(arr, self.path / self.name_for(self.count if index is None else index))
         self.count += 1
 
 
@@ -473,9 +601,9 @@ def _save_image(arr: np.ndarray, path: Path) -> None:
         img = Image.fromarray(arr, mode="RGBA")
     else:
         img = Image.fromarray(np.ascontiguousarray(arr[:, :, :3]), mode="RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
     options = {"quality": 95} if ext in (".jpg", ".jpeg", ".webp") else {}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, **options)
     except OSError as exc:
         raise InputError(f"{path}: cannot write image ({exc})") from None

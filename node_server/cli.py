@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve live frames over ZeroMQ with OSC control (the main job)"),
     "render": ("render", "stylize a video, an image or a folder of images offline"),
     "feed": ("feed", "push a video, image or folder to a running server and collect the output"),
-    "synth-model": ("synth_model", "write a random-weight model folder (tiny or paper shapes)"),
+    "synth-model": ("synth_model", "write a random-weight model folder (DreamLite tiny|paper, SD sd-turbo-tiny|"
+                                   "sd-turbo|sd-turbo-kl shapes)"),
     "synth-lllite": ("synth_lllite", "write a random ControlNet-LLLite adapter file for a model"),
     "spout-list": ("spout_list", "list the Spout senders running on this machine (Windows)"),
     "ndi-list": ("ndi_list", "list the NDI sources seen from this machine, with their addresses"),

@@ -276,3 +276,22 @@ def test_compiled_modes_need_a_gpu(tiny_bundle):
     for mode in ("graphs", "default", "nonsense"):
         with pytest.raises(ParamError, match="compile"):
             StreamEngine(tiny_bundle, Params(), size=64, encoder_image_size=64, compile=mode)
+
+
+def test_the_encoder_forward_raises_no_future_warning(tiny_bundle):
+    """transformers 5 deprecates the decoder layers' `past_key_values` argument with a
+    FutureWarning that every start used to print (also under --quiet): the project's own call
+    passes no cache argument at all."""
+    import warnings
+
+    with StreamEngine(tiny_bundle, Params().replace(prompt="p"), size=SIZE, encoder_image_size=64) as eng:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            eng.encoder.encode(eng.encoder.tokenize("a prompt"), np_frames_on(eng, frame(3)))
+
+
+def np_frames_on(eng, img):
+    from node_server.engine.frames import to_device_batch
+
+    return to_device_batch([img], eng.size, eng.device)
+

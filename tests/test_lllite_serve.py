@@ -91,7 +91,8 @@ def test_serve_with_an_adapter_and_its_osc_controls(adapter):
     from node_server.server.app import ServerApp
 
     cfg = ServeConfig(zmq_in="tcp://127.0.0.1:0", zmq_out="tcp://127.0.0.1:0", osc_port=0, oscquery_port=0,
-                      size=SIZE, device="cpu", model="synthetic:tiny", lllite=str(adapter), lllite_refresh=2)
+                      size=SIZE, device="cpu", model="synthetic:tiny", lllite=str(adapter), lllite_refresh=2,
+                      prompt="a cat")  # with no prompt frames would pass through, past the adapter
     app = ServerApp(cfg, out=io.StringIO(), progress=False)
     app.open()
     app.load()
@@ -120,8 +121,10 @@ def test_serve_with_an_adapter_and_its_osc_controls(adapter):
         app.close()
 
     # Strength 0 gives exactly the frames of an engine without the adapter; strength 1 does not.
-    with build_engine(load_model("synthetic:tiny", device="cpu", progress=False), size=SIZE, device="cpu",
-                      progress=False) as plain:
+    from node_server.engine.params import Params
+
+    with build_engine(load_model("synthetic:tiny", device="cpu", progress=False), Params().replace(prompt="a cat"),
+                      size=SIZE, device="cpu", progress=False) as plain:
         plain.warmup(progress=False)
         want = [plain.step([_frame(i)], [i])[0].image for i in (10, 11)]
         want_first = plain.step([_frame(0)], [0])[0].image

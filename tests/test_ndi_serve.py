@@ -113,7 +113,7 @@ def test_ndi_frame_comes_back_stylized_through_the_ndi_output():
 
     src, dst = unique("serve-in"), unique("serve-out")
     cfg = ServeConfig(model="synthetic:tiny", size=SIZE, device="cpu", no_zmq=True, ndi_in=src, ndi_out=dst,
-                      ndi_extra_ips=LOOPBACK)
+                      ndi_extra_ips=LOOPBACK, prompt="a cat")  # with no prompt frames pass through
     engines: list[Recording] = []
 
     def factory(app, params):

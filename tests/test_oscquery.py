@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import struct
@@ -21,7 +20,7 @@ from pythonosc import osc_message_builder
 from fakes import FakeTarget
 from node_server.control import OSCQueryServer, OscControl
 from node_server.control import oscquery as oq
-from node_server.control.inventory import CONTROLS, Control
+from node_server.control.inventory import CONTROLS
 from node_server.control.presets import BUILTIN_DIR, PresetStore
 from node_server.control.web import WebServer
 
@@ -253,13 +252,6 @@ def test_busy_port_is_one_line_error(target):
 
 
 # -- the running model: its controls and its strength range --------------------------------------
-@dataclasses.dataclass(frozen=True)
-class FamilyControl(Control):
-    """An inventory entry tagged with the model families it applies to (helper "contact"'s attribute)."""
-
-    families: tuple[str, ...] = ()
-
-
 class ModelTarget(FakeTarget):
     def __init__(self, store=None):
         super().__init__(store)
@@ -269,34 +261,35 @@ class ModelTarget(FakeTarget):
         return self.info
 
 
-def test_only_the_running_models_controls_and_its_strength_cap(monkeypatch):
-    tagged = []
-    for c in CONTROLS:
-        fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(Control)}
-        sd_only = c.address.startswith(("/blend", "/seed_blend", "/cfg", "/guidance", "/seed_mode"))
-        tagged.append(FamilyControl(**fields, families=("sd",) if sd_only else ("dreamlite", "sd")))
-    monkeypatch.setattr(oq, "CONTROLS", tuple(tagged))
+def test_only_the_running_models_controls_and_its_strength_cap():
+    """The inventory's `Control.families`: `/cfg`, `/guidance`, `/seed_mode` are SD-class only,
+    `/refresh` DreamLite only; blending and everything else serve both families."""
     target = ModelTarget(PresetStore(BUILTIN_DIR, None))
     with OSCQueryServer(target, osc_port=9000, port=0, advertise=False, presets=target.store) as q:
         tree = get(q, "/")[1]  # no model yet: everything, the inventory's range
-        assert "cfg" in tree["CONTENTS"] and "blend" in tree["CONTENTS"]
+        assert {"cfg", "blend", "refresh"} <= set(tree["CONTENTS"])
         assert node_at(tree, "/strength")["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}]
         target.info = {"family": "dreamlite", "max_strength": 0.08}
         tree = get(q, "/")[1]
         assert node_at(tree, "/strength")["RANGE"] == [{"MIN": 0.0, "MAX": 0.08}]
-        for gone in ("cfg", "blend", "seed_blend", "guidance", "seed_mode"):
+        for gone in ("cfg", "guidance", "seed_mode"):
             assert gone not in tree["CONTENTS"], gone
         assert get(q, "/cfg")[0] == 404
-        assert {"prompt", "strength", "seed", "steps", "preset", "pause", "lllite"} <= set(tree["CONTENTS"])
-        target.info = {"family": "sd", "max_strength": None}
+        assert {"prompt", "strength", "seed", "steps", "refresh", "preset", "pause", "lllite", "blend",
+                "seed_blend"} <= set(tree["CONTENTS"])
+        target.info = {"family": "sd", "max_strength": 1.0}
         tree = get(q, "/")[1]
-        assert "cfg" in tree["CONTENTS"] and node_at(tree, "/strength")["RANGE"][0]["MAX"] == 1.0
+        assert "cfg" in tree["CONTENTS"] and "refresh" not in tree["CONTENTS"]
+        assert node_at(tree, "/strength")["RANGE"][0]["MAX"] == 1.0
 
 
-def test_untagged_controls_are_always_listed():
+def test_controls_for_every_family_are_always_listed():
     target = ModelTarget()
-    target.info = {"family": "dreamlite", "max_strength": 0.08}
-    assert oq.controls_for(target) == list(CONTROLS)  # the inventory has no families yet: nothing hidden
+    for family in ("dreamlite", "sd"):
+        target.info = {"family": family, "max_strength": 1.0}
+        shown = oq.controls_for(target)
+        assert [c for c in CONTROLS if len(c.families) == 2] == [c for c in shown if len(c.families) == 2]
+        assert all(family in c.families for c in shown)
 
 
 # -- a third-party client -----------------------------------------------------------------------

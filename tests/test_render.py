@@ -186,6 +186,55 @@ def test_out_of_order_outputs_are_a_bug_not_silently_written(tmp_path, fake_engi
     assert fake_engine.instances[0].closed
 
 
+def test_render_starts_from_a_preset_a_prompt_or_both(tmp_path, fake_engine, monkeypatch):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from node_server.errors import NodeServerError, ParamError
+
+    monkeypatch.setenv("NODE_SERVER_PRESETS", str(tmp_path / "user-presets"))
+    sepia = tomllib.loads((render_root() / "presets" / "sepia.toml").read_text())
+    src = make_test_clip(tmp_path / "c.mp4", frames=1, size=(32, 32))
+    assert run_render(src, tmp_path / "a", "--preset", "sepia", "--size", "32", "--quiet") == 0
+    params = fake_engine.instances[-1].params
+    assert (params.prompt, params.strength, params.seed) == (sepia["prompt"], sepia["strength"], sepia["seed"])
+    assert run_render(src, tmp_path / "b", "--preset", "sepia", "--prompt", "mine", "--strength", "0.07",
+                      "--size", "32", "--quiet") == 0
+    params = fake_engine.instances[-1].params
+    assert (params.prompt, params.strength) == ("mine", 0.07)  # flags win over the preset
+    with pytest.raises(ParamError, match="give --prompt TEXT or --preset NAME"):
+        run_render(src, tmp_path / "c", "--size", "32", "--quiet")
+    with pytest.raises(NodeServerError, match="no preset named 'nope'"):
+        run_render(src, tmp_path / "d", "--preset", "nope", "--quiet")
+
+
+def render_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
+
+
+def test_render_says_when_the_strength_runs_at_the_models_cap(capsys, tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    model = tmp_path / "capped"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "node_server.json").write_text(json.dumps({"max_strength": 0.08, "size": 32}))
+    img = tmp_path / "in.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(img)
+    common = ["--model", str(model), "--device", "cpu", "--quiet"]
+    rc, _, err = cli(capsys, img, tmp_path / "o.png", "--prompt", "x", "--strength", "0.5", *common)
+    assert rc == 0, err
+    said = [line for line in err.splitlines() if line.startswith("node-server render:")]
+    assert said == ["node-server render: strength 0.5 is above this model's max_strength 0.08 "
+                    "(the top of its training); running at 0.08"]
+    rc, _, err = cli(capsys, img, tmp_path / "p.png", "--prompt", "x", "--strength", "0.05", *common)
+    assert rc == 0 and "max_strength" not in err
+
+
 def test_parse_size():
     assert render.parse_size("512") == (512, 512)
     assert render.parse_size("768x512") == (512, 768)
@@ -285,7 +334,7 @@ def test_serve_uses_the_model_folders_size_unless_a_flag_or_the_file_gives_one(s
             app.load()
         finally:
             app.close()
-        assert f"size {size}," in out.getvalue()  # the banner
+        assert f"size {size}x{size}," in out.getvalue()  # the banner (WxH)
         assert built[0].size == (size, size)
         assert built[0].params.strength == 0.8  # the folder's parameter defaults still apply
 
@@ -293,19 +342,200 @@ def test_serve_uses_the_model_folders_size_unless_a_flag_or_the_file_gives_one(s
 # ---------------------------------------------------------------- reading and writing on background threads
 
 
-def test_a_bad_frame_mid_folder_is_reported_and_the_frames_before_it_are_written(tmp_path, fake_engine):
-    from node_server.errors import InputError
-
+def _folder_with_a_corrupt_image(tmp_path):
     d = tmp_path / "frames"
     d.mkdir()
     for i in (1, 2, 4):
         Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(d / f"f{i}.png")
     (d / "f3.png").write_bytes(b"not a png")
+    return d
+
+
+def test_with_strict_a_bad_frame_mid_folder_stops_the_render_after_the_frames_before_it(tmp_path, fake_engine):
+    from node_server.errors import InputError
+
+    d = _folder_with_a_corrupt_image(tmp_path)
     out = tmp_path / "o"
     with pytest.raises(InputError, match="f3.png"):
-        run_render(d, out, "--prompt", "p", "--size", "32", "--quiet")
+        run_render(d, out, "--prompt", "p", "--size", "32", "--quiet", "--strict")
     assert sorted(p.name for p in out.iterdir()) == ["f1.png", "f2.png"]
     assert fake_engine.instances[0].closed
+
+
+def test_an_unreadable_image_is_skipped_with_a_warning_and_a_count(tmp_path, fake_engine, capsys):
+    d = _folder_with_a_corrupt_image(tmp_path)
+    (d / "f5.png").write_bytes(Image.new("RGB", (32, 32)).tobytes()[:40])  # truncated junk
+    out = tmp_path / "o"
+    assert run_render(d, out, "--prompt", "p", "--size", "32", "--quiet") == 0
+    captured = capsys.readouterr()
+    # the outputs keep their own inputs' names (the fake engine paints each output with its id)
+    assert {p.name: int(np.asarray(Image.open(p))[0, 0, 0]) for p in out.iterdir()} == {
+        "f1.png": 0, "f2.png": 1, "f4.png": 3}
+    warnings = captured.err.strip().splitlines()
+    assert [w.split(":")[1].strip() for w in warnings[:2]] == ["skipping f3.png", "skipping f5.png"]
+    assert "skipped 2 unreadable image(s) of 5" in warnings[2] and len(warnings) == 3
+    assert "rendered 3 frames" in captured.out
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error(tmp_path, fake_engine):
+    from node_server.errors import InputError
+
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "a.png").write_bytes(b"junk")
+    with pytest.raises(InputError, match="none of its 1 images"):
+        run_render(d, tmp_path / "o", "--prompt", "p", "--size", "32", "--quiet")
+
+
+def _read_only_folder(tmp_path):
+    """A folder this process cannot create files in: a chmod 555 folder for a normal user; as root
+    (which ignores permission bits, as in CI containers) sysfs, which refuses new files."""
+    import os
+    import tempfile
+
+    candidates = []
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        candidates.append(ro)
+    candidates.append(__import__("pathlib").Path("/sys/kernel"))
+    for folder in candidates:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder):
+                pass
+        except OSError:
+            return folder
+    pytest.skip("no folder here refuses writes to this user")
+
+
+def test_render_into_a_read_only_folder_fails_in_one_line_before_the_model_loads(tmp_path, clip):
+    import subprocess
+    import sys
+
+    ro = _read_only_folder(tmp_path)
+    for output in (ro / "out.mp4", ro / "out.png", ro / "frames", ro / "new" / "frames"):
+        source = clip if output.suffix != ".png" else make_test_clip(tmp_path / "one.mp4", frames=1)
+        proc = subprocess.run([sys.executable, "-m", "node_server", "render", str(source), str(output),
+                               "--prompt", "x", "--model", "synthetic:tiny", "--device", "cpu"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr  # no traceback, and nothing loaded first
+        assert lines[0].startswith("node-server render: error: ") and "cannot write there" in lines[0]
+        assert "loading model" not in proc.stderr
+
+
+def test_the_write_check_comes_before_the_model_load(tmp_path, fake_engine, clip, monkeypatch):
+    from bridges import file as file_bridge
+    from node_server.errors import InputError
+
+    def refuse(folder, shown):
+        raise InputError(f"{shown}: cannot write there (Read-only file system)")
+
+    monkeypatch.setattr(file_bridge, "_probe_folder", refuse)
+    with pytest.raises(InputError, match="cannot write there"):
+        run_render(clip, tmp_path / "o.mp4", "--prompt", "p", "--size", "32", "--quiet")
+    assert fake_engine.instances == []  # never built
+
+
+def test_a_quiet_render_prints_only_its_summary(tmp_path):
+    import subprocess
+    import sys
+
+    clip = make_test_clip(tmp_path / "c.mp4", frames=2, size=(64, 64))
+    proc = subprocess.run([sys.executable, "-m", "node_server", "render", str(clip), str(tmp_path / "o.mp4"),
+                           "--prompt", "x", "--model", "synthetic:tiny", "--device", "cpu", "--size", "32",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no FutureWarning (nor anything else)
+    assert proc.stdout.startswith("rendered 2 frames")
+
+
+# ---------------------------------------------------------------- audio
+
+
+def _clip_with_audio(path, frames=12, fps=24, seconds=None, audio_codec="aac"):
+    """A small video with a sine-tone audio track, written with PyAV (H.264/MPEG-4 + AAC/Opus)."""
+    import av
+
+    seconds = seconds if seconds is not None else frames / fps
+    rate = 48000
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(file_bridge_codec(), rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream(audio_codec, rate=rate)
+        audio.layout = "mono"
+        t = np.arange(int(rate * seconds)) / rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        step = 960 if audio_codec == "libopus" else 1024
+        for k, start in enumerate(range(0, len(tone), step)):
+            chunk = tone[start:start + step]
+            if len(chunk) < step:
+                chunk = np.pad(chunk, (0, step - len(chunk)))
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+        for i in range(frames):
+            img = np.full((48, 64, 3), (i * 20) % 256, np.uint8)
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts = i
+            out.mux(video.encode(vf))
+        out.mux(video.encode(None))
+    return path
+
+
+def file_bridge_codec():
+    from bridges.file import VideoSink
+
+    return VideoSink._pick_codec(".mp4")
+
+
+def _audio_packets(path):
+    import av
+
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        stream = c.streams.audio[0]
+        return stream.codec_context.name, [(bytes(p), float(p.pts * p.time_base)) for p in c.demux(stream) if p.size]
+
+
+def test_render_copies_the_audio_track_packet_for_packet(capsys, tmp_path):
+    src = _clip_with_audio(tmp_path / "with_audio.mp4")
+    for ext in (".mp4", ".mkv", ".mov"):
+        out = tmp_path / f"out{ext}"
+        rc, _, err = cli(capsys, src, out, "--prompt", "x", "--size", "32", *TINY)
+        assert rc == 0, err
+        assert "audio" not in err  # copied: nothing to warn about
+        codec, packets = _audio_packets(out)
+        assert codec == "aac"
+        want = _audio_packets(src)[1]
+        assert [p for p, _ in packets] == [p for p, _ in want]  # the same bytes: remuxed, not re-encoded
+        times, want_times = np.array([t for _, t in packets]), np.array([t for _, t in want])
+        if ext == ".mkv":  # millisecond time stamps, and the AAC priming packet moved to 0 with the video
+            np.testing.assert_allclose(np.diff(times), np.diff(want_times), atol=1e-3)
+        else:
+            np.testing.assert_array_equal(times, want_times)
+        video = open_source(out)
+        assert len(video) == 12 and video.fps == pytest.approx(24.0)  # the frames are as before
+        assert video.audio_codec == "aac"
+
+
+def test_render_says_when_the_audio_track_is_dropped(capsys, tmp_path):
+    src = _clip_with_audio(tmp_path / "with_audio.mp4")
+    rc, _, err = cli(capsys, src, tmp_path / "out.webm", "--prompt", "x", "--size", "32", *TINY)
+    assert rc == 0, err
+    assert "audio track is dropped: .webm files cannot hold aac audio" in err
+    assert _audio_packets(tmp_path / "out.webm") is None
+    rc, _, err = cli(capsys, src, tmp_path / "frames", "--prompt", "x", "--size", "32", *TINY)
+    assert rc == 0, err
+    assert "audio track (aac) is dropped: a folder of images has no sound" in err
+    # a clip without audio says nothing about audio
+    rc, _, err = cli(capsys, make_test_clip(tmp_path / "silent.mp4", frames=2), tmp_path / "o.mp4", "--prompt", "x",
+                     "--size", "32", *TINY)
+    assert rc == 0 and "audio" not in err
 
 
 def test_a_write_error_stops_the_render_with_that_error(tmp_path, fake_engine, monkeypatch):

@@ -482,7 +482,8 @@ def test_synthetic_tiny_model_stylizes_through_the_built_network(td, tiny_bundle
     size = 64
 
     def make():
-        return StreamEngine(tiny_bundle, Params(), size=size, encoder_image_size=64, device="cpu")
+        return StreamEngine(tiny_bundle, Params().replace(prompt="a cat"), size=size, encoder_image_size=64,
+                            device="cpu")  # with no prompt the server passes frames through
 
     app = serve(make(), size=size)
     try:

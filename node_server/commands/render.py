@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import queue
-import re
 import statistics
 import sys
 import threading
@@ -19,6 +18,7 @@ import time
 from collections import deque
 
 from ..errors import InputError, ParamError
+from ..frame_size import parse_size  # noqa: F401 (the one size parser; tests import it from here)
 from ..progress import Progress, step
 
 DESCRIPTION = """\
@@ -32,8 +32,13 @@ input file names when the input is a folder).
 
 Frames of any size or aspect ratio are centre-cropped to the aspect ratio of --size and resized
 to it by the engine; grey frames become RGB and alpha is dropped. The output has exactly as many
-frames as the input. Without --size, the model folder's own size (its node_server.json, 256 for
-the demo model) is used, else 512.
+frames as the input (less any unreadable image of a folder, skipped with a warning unless
+--strict). Without --size, the model folder's own size (its node_server.json, 256 for the demo
+model) is used, else 512. A video output keeps the input video's audio track (copied, not
+re-encoded) when its container can hold that codec; otherwise the render says it was dropped.
+
+Start from a preset (--preset sepia: its prompt, strength, steps and seed), a prompt (--prompt),
+or both (the prompt wins; any other flag given wins over the preset too).
 """
 
 
@@ -42,12 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("input", metavar="INPUT", help="video, image or folder of images")
     parser.add_argument("output", metavar="OUTPUT", help="video, image, or folder (no extension)")
-    parser.add_argument("--prompt", required=True, metavar="TEXT", help="style / edit instruction")
+    parser.add_argument("--prompt", default=None, metavar="TEXT",
+                        help="style / edit instruction (\"\" copies the frames, cropped and resized)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="start from this preset (built-in presets/ or a user preset; see --prompt)")
     parser.add_argument(
         "--model",
         default=None,
         metavar="M",
-        help="synthetic:tiny, synthetic:paper, a local model folder or a hub id (default: the built-in default model)",
+        help="demo (the default: the embedded demo model), synthetic:tiny|paper|sd-turbo-tiny|sd-turbo, "
+        "a local model folder or a hub id",
     )
     parser.add_argument("--batch-size", type=str, default=None, metavar="B", help="frames per engine step")
     parser.add_argument("--steps", type=str, default=None, metavar="N", help="denoising steps")
@@ -78,37 +87,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-device", default=None, metavar="DEV",
                         help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
                         "(default: the engine's device)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output; the summary line still prints")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output; the summary line and warnings still print")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image of a folder (default: skip it with a warning)")
     from .lllite_args import add_lllite_arguments
 
     add_lllite_arguments(parser)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """`512` or `WxH` -> (height, width), each a multiple of 32 (the engine's order)."""
-    t = str(text).strip().lower()
-    m = re.fullmatch(r"(\d+)(?:\s*[x×]\s*(\d+))?", t)
-    if not m:
-        raise ParamError("size", f"expected 512 or WxH such as 768x512, got {text!r}")
-    w = int(m.group(1))
-    h = int(m.group(2)) if m.group(2) else w
-    for name, v in (("width", w), ("height", h)):
-        if v < 32 or v % 32:
-            raise ParamError("size", f"{name} must be a positive multiple of 32, got {v}")
-    return h, w
+def _start_changes(args) -> dict:
+    """The parameters to start from: the preset's, then --prompt, then the other flags given."""
+    from ..server.lllite_settings import param_changes
+
+    changes: dict = {}
+    if args.preset is not None:
+        from ..control.presets import PresetStore
+        from ..server.config import default_presets_dir
+
+        changes.update(PresetStore(user_dir=default_presets_dir()).recall(args.preset))
+    if args.prompt is not None:
+        changes["prompt"] = args.prompt
+    if "prompt" not in changes:
+        raise ParamError("prompt", "give --prompt TEXT or --preset NAME (node-server render --help)")
+    changes.update(param_changes(vars(args)))
+    for name in ("seed", "steps", "strength", "batch_size", "refresh"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    return changes
 
 
 def _build_params(args):
     from ..engine.params import Params
 
-    from ..server.lllite_settings import param_changes
+    return Params().replace(**_start_changes(args))
 
-    changes = {"prompt": args.prompt, **param_changes(vars(args))}
-    for name in ("seed", "steps", "strength", "batch_size", "refresh"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = value
-    return Params().replace(**changes)
+
+def _brief_reason(reason: str) -> str:
+    """An InputError's reason without its path and the list of supported inputs."""
+    core = reason.split("; expected ")[0]
+    return core.split(": ", 1)[1] if ": " in core else core
+
+
+def _warn(text: str) -> None:
+    print(f"node-server render: {text}", file=sys.stderr, flush=True)
+
+
+def _audio_plan(source, sink) -> None:
+    """Copy the input video's audio into a video output, or say once, up front, why it is dropped."""
+    codec = getattr(source, "audio_codec", None)
+    if codec is None:
+        return
+    if sink.kind != "video":
+        _warn(f"the input's audio track ({codec}) is dropped: {'an image' if sink.kind == 'image' else 'a folder of images'} "
+              "has no sound (give a video OUTPUT to keep it)")
+        return
+    reason = sink.copy_audio_from(source)
+    if reason is not None:
+        _warn(f"the input's audio track is dropped: {reason} (try .mkv or .mp4 as OUTPUT)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,11 +156,15 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size) if args.size is not None else None
     if args.encoder_size < 32 or args.encoder_size % 32:
         raise ParamError("encoder_size", f"must be a positive multiple of 32, got {args.encoder_size}")
-    params = _build_params(args)
+    changes = _start_changes(args)
+    from ..engine.params import Params
+
+    params = Params().replace(**changes)
     from ..server.lllite_settings import check_lllite, engine_options
 
     check_lllite(vars(args))
-    source = open_source(args.input)
+    source = open_source(args.input, strict=args.strict,
+                         on_skip=lambda path, reason: _warn(f"skipping {path.name}: {_brief_reason(reason)}"))
     total = len(source)
     if total == 0:
         raise InputError(f"{args.input}: has no frames")
@@ -133,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.output}: an image output holds one frame but {args.input} has {total}; "
             "give a video path or a folder (no extension) as OUTPUT"
         )
+    sink.check_writable()  # a read-only place fails now, in one line, not after the model loaded
+    _audio_plan(source, sink)
     from ..models.loader import resolve_device
 
     device = resolve_device(args.device)
@@ -149,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
     placement = {"encoder_device": args.encoder_device} if args.encoder_device else {}
     engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,
                           **placement, **engine_options(vars(args)))
+    from ..engine.params import strength_notice
+
+    notice = strength_notice(changes, engine.params)
+    if notice is not None:  # e.g. the demo model runs at most 0.08
+        _warn(f"strength {notice.reason}")
     try:
         engine.warmup(progress=verbose)
         latencies, written, elapsed = _render(engine, source, sink, params.batch_size, total, verbose)
@@ -156,6 +204,11 @@ def run(args: argparse.Namespace) -> int:
         sink.close()
         engine.close()
 
+    skipped = len(getattr(source, "skipped", ()))
+    if skipped:
+        _warn(f"skipped {skipped} unreadable image(s) of {total} (--strict stops at the first instead)")
+        if written == 0:
+            raise InputError(f"{args.input}: none of its {total} images could be read")
     p50 = statistics.median(latencies) * 1000.0 if latencies else 0.0
     fps = written / elapsed if elapsed > 0 else 0.0
     print(
@@ -188,7 +241,7 @@ def _render(engine, source, sink, batch_size: int, total: int, verbose: bool):
                     raise RuntimeError(f"engine returned frame {out.id} but frame {expected} was next")
                 _, handed = pending.popleft()
                 latencies.append(now - handed)
-                writer.put(out.image)
+                writer.put((out.image, out.id))
             if outs:
                 bar.update(len(outs))
 
@@ -288,21 +341,23 @@ class _Writer:
 
     def _run(self) -> None:
         while True:
-            image = self._queue.get()
-            if image is _END:
+            item = self._queue.get()
+            if item is _END:
                 return
             if self._error is not None:
                 continue  # drain, so the caller never blocks on a full queue
             try:
-                self._sink.write(image)
+                image, index = item
+                self._sink.write(image, index=index)
                 self.written += 1
             except BaseException as exc:
                 self._error = exc
 
-    def put(self, image) -> None:
+    def put(self, item) -> None:
+        """`item`: (image, its index in the source)."""
         if self._error is not None:
             raise self._error
-        self._queue.put(image)
+        self._queue.put(item)
 
     def finish(self, raise_error: bool = True) -> int:
         """Wait until every frame put is written; returns the count (raises the write error, if any)."""

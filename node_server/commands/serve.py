@@ -13,7 +13,9 @@ from .lllite_args import add_lllite_arguments
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that a value from --config is only overridden by flags actually given.
-    p.add_argument("--model", default=None, help="synthetic:tiny|paper, a model folder or a hub id (default: the built-in default model)")
+    p.add_argument("--model", default=None,
+                   help="demo (the default: the embedded demo model), synthetic:tiny|paper|sd-turbo-tiny|sd-turbo, "
+                        "a model folder or a hub id")
     p.add_argument("--osc-host", default=None, help="address the OSC server binds (default 127.0.0.1)")
     p.add_argument("--osc-port", type=int, default=None, help="OSC UDP port (default 9000; 0 = any free port)")
     p.add_argument("--osc-prefix", default=None, metavar="/PREFIX", help="prefix for every OSC address, e.g. /ns")
@@ -46,12 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the web console (/console) accepts changes only from pages opened with ?token=TOKEN; "
                         "without it the console is read-only when bound off loopback (docs/CONSOLE.md)")
     p.add_argument("--preset", default=None, help="preset to recall at start-up")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="prompt at start-up (wins over the preset's); with neither, frames pass through "
+                        "unchanged until a prompt arrives over OSC")
     p.add_argument("--presets-dir", default=None, metavar="DIR",
                    help="user presets (default $NODE_SERVER_PRESETS or ~/.config/node-server/presets)")
     p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with the same keys as these flags (flags win)")
-    p.add_argument("--size", type=int, default=None,
-                   help="output size in pixels, a multiple of 32 (default: the model folder's own size from its "
-                        "node_server.json, 256 for the demo model; else 512)")
+    p.add_argument("--size", default=None, metavar="SIZE",
+                   help="output size: 512 (square) or WxH such as 448x256 (16:9), multiples of 32 (default: the "
+                        "model folder's own size from its node_server.json, 256 for the demo model; else 512)")
     p.add_argument("--encoder-size", type=int, default=None, metavar="PX",
                    help="size of the frame the vision-language encoder sees: 512 (default, as the stock "
                         "pipeline) or 256 (64 image tokens instead of 256: a cheaper encode)")
@@ -65,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
          "console_token",
-         "preset", "presets_dir", "size", "encoder_size", "batch_size", "device", "encoder_device", "spout_in", "spout_out", "no_zmq",
+         "preset", "prompt", "presets_dir", "size", "encoder_size", "batch_size", "device", "encoder_device", "spout_in", "spout_out", "no_zmq",
          "ndi_in", "ndi_out", "ndi_extra_ips", "ndi_groups", "ndi_out_format",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 

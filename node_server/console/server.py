@@ -283,9 +283,13 @@ class Console:
             allowed = {c.address for c in controls_for(self.target)}
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._apply, apply_message, self.target, address, msg.get("args"), allowed)
+                remark = await loop.run_in_executor(self._apply, apply_message, self.target, address,
+                                                    msg.get("args"), allowed)
                 self.stats["sets"] += 1
                 reply["ok"] = True
+                if remark is not None:  # applied with a remark (e.g. strength held at the model's cap)
+                    reply["notice"] = remark
+                    self.on_error(remark)
             except Rejected as e:
                 self.stats["rejected"] += 1
                 reply["error"] = str(e)

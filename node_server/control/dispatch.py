@@ -11,6 +11,7 @@ from typing import Any
 
 from node_server.control.inventory import BY_ADDRESS, Control, ControlValueError
 from node_server.control.target import ControlTarget
+from node_server.engine.params import ParamNotice
 from node_server.errors import NodeServerError, ParamError
 
 
@@ -37,8 +38,10 @@ def apply(target: ControlTarget, control: Control, value: Any) -> None:
 
 
 def apply_message(target: ControlTarget, address: Any, args: Any,
-                  allowed: set[str] | None = None) -> Control:
+                  allowed: set[str] | None = None) -> str | None:
     """Validate and apply `address args` (un-prefixed); raises `Rejected` with the reason.
+
+    Returns None, or the remark of a change applied with one (a strength held at the model's cap).
 
     `allowed` limits the addresses to those shown for the running model (None: any in the inventory).
     """
@@ -51,10 +54,12 @@ def apply_message(target: ControlTarget, address: Any, args: Any,
     try:
         value = control.coerce(list(args))
         apply(target, control, value)
+    except ParamNotice as e:  # applied; the sender should still see the remark
+        return f"{shown}: {e.reason}"
     except ControlValueError as e:
         raise Rejected(f"{shown}: {e.reason}") from None
     except ParamError as e:
         raise Rejected(f"{shown}: {e.reason}") from None
     except (NodeServerError, ValueError) as e:
         raise Rejected(f"{shown}: {e}") from None
-    return control
+    return None

@@ -54,7 +54,13 @@ def render_osc_markdown(prefix: str = "") -> str:
         " rejected by every control.",
         "- Anything rejected (unknown address, wrong type or number of arguments, out of range,"
         " unknown preset) is not applied at all and is answered with"
-        " `/error s` (\"`<address>: <reason>`\") sent to the sender and to the feedback target.",
+        " `/error s` (\"`<address>: <reason>`\") sent to the sender and to the feedback target."
+        " One exception: a `/strength` above the running model's cap is applied at the cap, and the"
+        " `/error` says so, once per such change.",
+        "- Some controls apply to one model family only (SD-class models: `/seed_mode`, `/cfg`,"
+        " `/guidance`; DreamLite models: `/refresh`); on the other family they are answered with an"
+        " `/error` naming the running model's family, and OSCQuery lists only the running model's"
+        " controls. Presets skip the values the running model has no use for.",
         "- A datagram that is not exactly OSC 1.0 is rejected whole (`/error` \"`packet: ...`\"), so"
         " none of its messages is applied: a size that is not a multiple of 4, a bundle element whose"
         " size is not above 0, not a multiple of 4 or runs past the end, an element that is neither a"

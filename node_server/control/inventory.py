@@ -21,6 +21,9 @@ REFRESH_EVERY_MAX = 1000
 PRESET_NAME_MAX = 64
 BLEND_SLOTS = 4  # prompt and seed blend slots (engine/params.py BLEND_SLOTS)
 GUIDANCE_MIN, GUIDANCE_MAX = 1.0, 5.0
+# Model families (the engine's `family`): which controls do something depends on the running model.
+FAMILIES = ("dreamlite", "sd")
+FAMILY_NAMES = {"dreamlite": "DreamLite (vision-aware edit)", "sd": "SD-class (CLIP img2img)"}
 
 # Letters, digits, '-', '_', '.'; never a leading '.', so no hidden files and no '..' traversal
 # (and no '/' or '\\', so a name can never leave the preset folder).
@@ -135,6 +138,7 @@ class Control:
     min_exclusive: bool = False
     max_chars: int | None = None
     check: Callable[[str], str] | None = None  # extra rule for strings; may normalise
+    families: tuple[str, ...] = FAMILIES  # model families it applies to; elsewhere it is an /error
 
     @property
     def readable(self) -> bool:
@@ -251,17 +255,20 @@ PRESET_NAME_RANGE = f"a preset name (letters, digits, `-`, `_`, `.` not first; a
 CONTROLS: tuple[Control, ...] = (
     Control(
         "/prompt", "string", "s", "s", f"0..{PROMPT_MAX_CHARS} characters (longer is an error)",
-        "Edit instruction for the model, e.g. \"turn it into an oil painting with thick brush "
-        "strokes\". Re-encoded once when it changes; the new look appears when its conditioning "
-        "is ready (watch `/status/prompt`).",
+        "Edit instruction for the model, e.g. \"make it an old sepia photograph\" (the demo model "
+        "knows the ten styles of its presets). Re-encoded once when it changes; the new look appears "
+        "when its conditioning is ready (watch `/status/prompt`). Empty (the default at start) means "
+        "no edit: frames pass through unchanged (cropped and resized to the output size).",
         default="", param="prompt", max_chars=PROMPT_MAX_CHARS,
     ),
     Control(
         "/strength", "float", "f", "f, i", "0 < x <= 1",
         "How far each frame moves from the input: 1 = full edit, small values stay close to the "
         "camera image. 0 is excluded (it would leave the frame unedited). A model may cap it at the "
-        "top of its training (`max_strength` in its folder; the demo model's is 0.08): a higher value "
-        "runs at the cap.",
+        "top of its training (`max_strength` in its folder; the demo model's is 0.08, its default "
+        "0.05; OSCQuery shows the running model's range): a higher value runs at the cap, and the "
+        "sender and the feedback target get one `/error` saying so (`/strength: 0.5 is above this "
+        "model's max_strength 0.08 (the top of its training); running at 0.08`).",
         default=1.0, param="strength", minimum=0.0, maximum=1.0, min_exclusive=True,
     ),
     Control(
@@ -278,8 +285,8 @@ CONTROLS: tuple[Control, ...] = (
         "/refresh", "string", "s", "s",
         f"`on-change`, `every-batch`, or `every:N` with N 1..{REFRESH_EVERY_MAX}",
         "When the multimodal encoder looks at the camera again: only when the prompt changes, "
-        "every batch, or every N batches.",
-        default="on-change", param="refresh", check=check_refresh,
+        "every batch, or every N batches. DreamLite models (SD-class models never look at the frame).",
+        default="on-change", param="refresh", check=check_refresh, families=("dreamlite",),
     ),
     Control(
         "/preset", "string", "s", "s",
@@ -308,7 +315,7 @@ CONTROLS: tuple[Control, ...] = (
 )
 
 def _blend_controls() -> tuple[Control, ...]:
-    """Prompt and seed blending (CLIP-conditioned SD-class models; the DreamLite engine ignores them)."""
+    """Prompt and seed blending (both families), then the SD-class-only noise and guidance controls."""
     out = [
         Control(
             "/blend", "pairs", "sf", f"s f pairs (up to {BLEND_SLOTS}); no arguments clears",
@@ -316,7 +323,9 @@ def _blend_controls() -> tuple[Control, ...]:
             "Prompt blending: `/blend \"oil painting\" 0.7 \"neon city\" 0.3` sets the blend slots in "
             "order (the rest are cleared). While any slot has a weight above 0 the conditioning is "
             "the weighted mean (weights normalised) of the slots' prompt embeddings and replaces "
-            "`/prompt`. A new prompt is encoded once; changing only weights never re-encodes.",
+            "`/prompt`. A new prompt is encoded once; changing only weights never re-encodes. On "
+            "DreamLite models every prompt is encoded with the same frame(s) under the `/refresh` "
+            "policy, and the mean at each token is over the prompts that have a token there.",
             action="blend",
         ),
         Control(
@@ -346,14 +355,14 @@ def _blend_controls() -> tuple[Control, ...]:
         Control("/seed_mode", "string", "s", "s", "`fixed` or `per-frame`",
                 "`fixed`: the same noise for every frame (steady image); `per-frame`: new noise each "
                 "frame (seed blending is then ignored). SD-class models.",
-                default="fixed", param="seed_mode", check=_check_seed_mode),
+                default="fixed", param="seed_mode", check=_check_seed_mode, families=("sd",)),
         Control("/cfg", "string", "s", "s", "`none` or `self`",
                 "Residual classifier-free guidance (StreamDiffusion's RCFG): `self` pushes each step "
                 "away from its own input noise by `/guidance`, at no extra U-Net cost. SD-class models.",
-                default="none", param="cfg", check=_check_cfg),
+                default="none", param="cfg", check=_check_cfg, families=("sd",)),
         Control("/guidance", "float", "f", "f, i", f"{GUIDANCE_MIN:g}..{GUIDANCE_MAX:g}",
-                "Guidance scale used when `/cfg` is `self` (1 = no effect).",
-                default=1.2, param="guidance", minimum=GUIDANCE_MIN, maximum=GUIDANCE_MAX),
+                "Guidance scale used when `/cfg` is `self` (1 = no effect). SD-class models.",
+                default=1.2, param="guidance", minimum=GUIDANCE_MIN, maximum=GUIDANCE_MAX, families=("sd",)),
     ]
     return tuple(out)
 
@@ -397,8 +406,9 @@ FEEDBACK: tuple[Reply, ...] = (
     Reply("/status/dropped", "i", "Input frames dropped because a fresher one arrived."),
     Reply("/status/errors", "i", "Malformed inputs seen since start (OSC messages and frames)."),
     Reply("/status/state", "s", "`loading`, `warming`, `running` or `paused`."),
-    Reply("/status/prompt", "s", "The prompt whose conditioning is active now; also sent on its own "
-          "as soon as it changes."),
+    Reply("/status/prompt", "s", "The prompt whose conditioning is active now (a blend as "
+          "`0.70*a + 0.30*b`); also sent on its own as soon as it changes. Empty while frames pass "
+          "through unchanged: no prompt set (the default at start), or a first prompt still encoding."),
     Reply("/status/threads_down", "i", "Server threads (frame input, frame loop, outputs) that are not "
           "running now; 0 while all are. One that stops unexpectedly is restarted after a short pause "
           "and reported as `/error`."),
@@ -407,13 +417,31 @@ FEEDBACK: tuple[Reply, ...] = (
 
 REPLIES: tuple[Reply, ...] = (
     Reply("/error", "s", "A rejected message: `\"<address>: <reason>\"`, e.g. "
-          "`\"/steps: must be 1..4, got 9\"`. Sent to the sender and to the feedback target; "
-          "nothing of the rejected message is applied."),
+          "`\"/steps: must be 1..4, got 9\"`, or `\"/cfg: applies to SD-class (CLIP img2img) models "
+          "only; the running model is of the DreamLite (vision-aware edit) family\"`. Sent to the "
+          "sender and to the feedback target; nothing of the rejected message is applied, except for "
+          "a strength above the model's cap, which is applied at the cap (the reason says so)."),
     Reply("/pong", "", "Answer to `/ping`, sent to the address and port the ping came from."),
 )
 
 BY_ADDRESS: dict[str, Control] = {c.address: c for c in CONTROLS}
 PARAM_CONTROLS: dict[str, Control] = {c.param: c for c in CONTROLS if c.param}
+
+
+def families_of(key: str) -> tuple[str, ...]:
+    """The model families a `set_params` key applies to (a parameter, or the whole-list actions
+    `blend` / `seed_blend`); every family for a key no control lists."""
+    control = PARAM_CONTROLS.get(key) or next((c for c in CONTROLS if c.action == key), None)
+    return control.families if control is not None else FAMILIES
+
+
+def family_mismatch(key: str, family: str) -> str | None:
+    """The `/error` reason when `key` does nothing on a model of `family`, else None."""
+    families = families_of(key)
+    if family in families:
+        return None
+    wanted = " and ".join(FAMILY_NAMES.get(f, f) for f in families)
+    return f"applies to {wanted} models only; the running model is of the {FAMILY_NAMES.get(family, family)} family"
 
 
 def lookup(address: str) -> Control | None:

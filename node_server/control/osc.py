@@ -36,9 +36,11 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from node_server.control.feedback import Feedback, build_message, parse_address
+from node_server.control.dispatch import apply
 from node_server.control.inventory import BY_ADDRESS, Control, ControlValueError, normalize_prefix
 from node_server.control.osc_packet import OscParseError, parse_packet, shown_address, string_size
 from node_server.control.target import ControlTarget
+from node_server.engine.params import ParamNotice
 from node_server.errors import NodeServerError, ParamError
 
 log = logging.getLogger("node_server.osc")
@@ -354,7 +356,17 @@ class OscControl:
             return
         try:
             value = control.coerce(args)
-            self._apply(control, value, reply)
+            if control.action == "ping":
+                self._answer(reply, build_message(self.prefix + "/pong").dgram)
+            else:
+                apply(self.target, control, value)
+        except ParamNotice as e:  # applied, with a remark for the sender (a strength held at the cap)
+            self.applied += 1
+            reply.source.verified = True
+            self._error(reply, f"{shown}: {e.reason}", counted=False)
+            if self.feedback is not None:
+                self.feedback.notify()
+            return
         except ControlValueError as e:
             self._error(reply, f"{shown}: {e.reason}")
             return
@@ -374,22 +386,6 @@ class OscControl:
         if self.feedback is not None and control.action != "ping":
             self.feedback.notify()
 
-    def _apply(self, control: Control, value: Any, reply: _Reply) -> None:
-        if control.param is not None:
-            self.target.set_params(**{control.param: value})
-        elif control.action == "pause":
-            self.target.set_paused(value)
-        elif control.action == "recall_preset":
-            self.target.recall_preset(value)
-        elif control.action == "save_preset":
-            self.target.save_preset(value)
-        elif control.action == "ping":
-            self._answer(reply, build_message(self.prefix + "/pong").dgram)
-        elif control.action in ("blend", "seed_blend"):  # the whole weighted list at once
-            self.target.set_params(**{control.action: value})
-        else:  # pragma: no cover - inventory bug
-            raise AssertionError(f"no mapping for {control.address}")
-
     # -- answering ---------------------------------------------------------------------------
     def _answer(self, reply: _Reply, dgram: bytes) -> None:
         """Send to the datagram's source within its rate and (unverified) byte budget."""
@@ -404,9 +400,12 @@ class OscControl:
         except OSError as e:  # sender gone / unreachable: nothing to do but note it
             log.debug("OSC reply to %s failed: %s", reply.client, e)
 
-    def _error(self, reply: _Reply, text: str) -> None:
-        self.errors += 1
-        self.last_error = text
+    def _error(self, reply: _Reply, text: str, counted: bool = True) -> None:
+        """Answer `/error text` to the sender and the feedback target; `counted=False` for the
+        remark of a change that was applied (not an error in the counters)."""
+        if counted:
+            self.errors += 1
+            self.last_error = text
         self._log(reply.source, logging.DEBUG, "OSC error from %s: %s", reply.client[0], text)
         self._answer(reply, build_message(self.prefix + "/error", _fit(text, reply.budget, self.prefix)).dgram)
         fb = self.feedback
@@ -415,7 +414,7 @@ class OscControl:
                 fb.send_error(text)
             else:
                 self.forwards_dropped += 1
-        if self.on_error is not None:
+        if counted and self.on_error is not None:
             try:
                 self.on_error(text)
             except Exception:

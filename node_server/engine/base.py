@@ -61,17 +61,35 @@ class EngineBase:
         self.vae = module_view(bundle.vae, self.device, self.dtype)
         self.text_encoder = module_view(bundle.text_encoder, self.encoder_device, self.dtype)
 
+    family = "dreamlite"  # the model family (control/inventory.py tags each control with the families it serves)
+    _warming = False  # True during `warmup`: the empty prompt is encoded and denoised once, to compile
+
+    @property
+    def max_strength(self) -> float:
+        """The highest strength this model runs (`max_strength` in its folder's node_server.json;
+        1 when it names none). A model trained only at low strengths, like the demo model,
+        overshoots into noise above its range."""
+        return float(getattr(self.bundle, "max_strength", 1.0))
+
+    def model_info(self) -> dict:
+        """What the control side shows about the running model: its family, the real strength
+        range and the frame size."""
+        h, w = self.size
+        return {"family": self.family, "max_strength": self.max_strength, "width": w, "height": h}
+
+    def _cap_strength(self, new: Params) -> Params:
+        """`new` with its strength held at `max_strength`. The stored strength is always the one
+        that runs, so this only fires for a request above the cap (never on unrelated changes)."""
+        top = self.max_strength
+        if new.strength <= top:
+            return new
+        log.info("strength %g is above this model's max_strength %g (the top of its training); running at %g",
+                 new.strength, top, top)
+        return new.replace(strength=top)
+
     def _schedule_strength(self, requested: float) -> float:
-        """The strength the schedule is built from: the request, held at the model folder's
-        `max_strength` (node_server.json; 1 when it names none). A model trained only at low
-        strengths, like the demo model, overshoots into noise above its range. The parameter keeps
-        the request, so `/status` and presets show what was asked."""
-        top = float(getattr(self.bundle, "max_strength", 1.0))
-        if requested <= top:
-            return requested
-        log.warning("strength %g is above this model's max_strength %g (the range it was trained for); "
-                    "running at %g", requested, top, top)
-        return top
+        """The strength the schedule is built from (already capped by `_cap_strength`)."""
+        return min(requested, self.max_strength)
 
     lllite = None  # an LLLiteRunner when the engine was started with an adapter
 
@@ -119,7 +137,11 @@ class EngineBase:
         announce("warming up: first conditioning and one batch...", enabled=progress)
         grey = np.full((*self.size, 3), 128, np.uint8)
         n = self.params.batch_size
-        self.step([grey] * n, list(range(-n, 0)))
+        self._warming = True  # the denoiser runs (and compiles) even when frames would pass through
+        try:
+            self.step([grey] * n, list(range(-n, 0)))
+        finally:
+            self._warming = False
         if self.lllite is not None:
             self.lllite.compile_ahead(n)
             self.lllite.reset()  # the grey warm-up frame is not a frame the audience saw

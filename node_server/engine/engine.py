@@ -19,11 +19,13 @@ from ..errors import ParamError
 from ..progress import step as announce
 from .attention import use_aligned_heads
 from .base import EngineBase
+from .blend import (PromptSetEncoder, blend_noise, describe_blend, is_passthrough, mix_conditioning,
+                    prompt_set_key, prompts_of_key)
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
 from .factory import with_model_defaults
-from .frames import to_device_batch, to_host_frames
+from .frames import to_device_batch, to_host_frames, to_uint8_frames
 from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
 from .streams import Streams
@@ -87,6 +89,8 @@ def flow_schedule(scheduler, steps: int, strength: float, latent_hw: tuple[int, 
 class StreamEngine(EngineBase):
     """Stylizes frames with a DreamLite-family bundle; see `docs/ARCHITECTURE.md`."""
 
+    family = "dreamlite"
+
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
@@ -121,15 +125,21 @@ class StreamEngine(EngineBase):
                                      max_prompt_tokens=max_prompt_tokens, model=self.text_encoder,
                                      compile=mode in ("default", "max-autotune"),
                                      graphs=mode != "off" and self.encoder_device.type == "cuda")
-        self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
+        self.prompt_sets = PromptSetEncoder(self.encoder)  # blends: every prompt with the same frame(s)
+        self.worker = ConditioningWorker(self.prompt_sets, self.streams, cache_size=cache_size)
 
         self._lock = threading.Lock()
         self._params = Params()
-        self._tokens = self.encoder.tokenize("")
+        self._tokens = self.prompt_sets.tokenize("")
+        self._weights_of: dict[str, tuple[float, ...]] = {}  # prompt-set key -> its latest weights
         self._prompt_dirty = True
         self._schedule: Optional[Schedule] = None
         self._noise: Optional[torch.Tensor] = None
+        self._seed_key = None
+        self._seed_noises: dict[int, torch.Tensor] = {}
         self._cond: Optional[Conditioning] = None
+        self._mixed = None  # (key, embeds, mask, prompt text) of the last blend mix (main stream only)
+        self._shown: Optional[str] = None  # the prompt (or blend) of the last output
         self._last_frames: Optional[torch.Tensor] = None  # the previous batch, on the device
         self._batches = 0
         self._closed = False
@@ -139,16 +149,17 @@ class StreamEngine(EngineBase):
 
     # -- parameters ------------------------------------------------------------------------
     def set_params(self, **changes) -> Params:
-        """Validate and apply `changes` atomically (all or nothing); returns the new params.
+        """Validate and apply `changes` atomically (all or nothing); returns the new params (a
+        strength above the model's `max_strength` is applied at it).
 
-        A new prompt starts encoding at once with the latest frame (when there is one), so its
-        conditioning can be ready before the next frame arrives; the frame loop never waits for it.
-        """
+        A new prompt (set) starts encoding at once with the latest frame (when there is one), so
+        its conditioning can be ready before the next frame arrives; the frame loop never waits for
+        it. Blend or seed weights alone never encode."""
         with self._lock:
             new = self._params.replace(**changes)
-        self._apply(new)
+        new = self._apply(new)
         with self._lock:
-            frames = self._last_frames if self._prompt_dirty else None
+            frames = self._last_frames if self._prompt_dirty and not is_passthrough(self._tokens.prompt) else None
             if frames is not None:
                 self._prompt_dirty = False
                 tokens = self._tokens
@@ -156,29 +167,50 @@ class StreamEngine(EngineBase):
             self._request_prompt(tokens, frames, new.refresh)
         return new
 
-    def _apply(self, new: Params) -> None:
+    def _apply(self, new: Params) -> Params:
+        new = self._cap_strength(new)
+        prompts, weights = new.active_blend()
+        key = prompt_set_key(prompts)
         tokens = None
-        if self._tokens.prompt != new.prompt:
-            tokens = self.encoder.tokenize(new.prompt)  # may raise ParamError: nothing applied yet
+        if self._tokens.prompt != key:
+            tokens = self.prompt_sets.tokenize(prompts)  # may raise ParamError: nothing applied yet
         schedule = self._schedule
         if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
             schedule = flow_schedule(self.bundle.scheduler, new.steps, self._schedule_strength(new.strength),
                                      self.latent_hw)
+        seed_key = new.active_seeds()
+        noise = self._noise
+        if noise is None or seed_key != self._seed_key:
+            noise = blend_noise([self._seed_noise(s) for s in seed_key[0]], seed_key[1])
         with self._lock:
             old = self._params
             self._params = new
             if tokens is not None:
                 self._tokens = tokens
                 self._prompt_dirty = True
+            self._weights_of.pop(key, None)
+            self._weights_of[key] = weights  # newest last; the oldest sets are forgotten
+            while len(self._weights_of) > 64:
+                self._weights_of.pop(next(iter(self._weights_of)))
             if new.refresh != old.refresh and new.refresh.kind != "on-change":
                 self._batches = 0
             self._schedule = schedule
-            if self._noise is None or new.seed != old.seed:
-                self._noise = self._make_noise(new.seed)
+            self._noise, self._seed_key = noise, seed_key
+        return new
+
+    def _seed_noise(self, seed: int) -> torch.Tensor:
+        """The starting noise of one seed: the same for every frame (temporal stability), drawn on
+        the CPU like the stock pipeline's `randn_tensor` with a CPU generator; kept for 16 seeds so
+        a seed-blend fader never draws again."""
+        cached = self._seed_noises.get(seed)
+        if cached is None:
+            cached = self._make_noise(seed)
+            if len(self._seed_noises) >= 16:
+                self._seed_noises.pop(next(iter(self._seed_noises)))
+            self._seed_noises[seed] = cached
+        return cached
 
     def _make_noise(self, seed: int) -> torch.Tensor:
-        """The starting noise: fixed per seed (the same for every frame, for temporal stability),
-        drawn on the CPU like the stock pipeline's `randn_tensor` with a CPU generator."""
         from diffusers.utils.torch_utils import randn_tensor
 
         channels = self.vae.config.latent_channels
@@ -189,9 +221,9 @@ class StreamEngine(EngineBase):
     # -- state for the control side --------------------------------------------------------
     @property
     def active_prompt(self) -> Optional[str]:
-        """The prompt whose conditioning the last step used (None before the first step)."""
-        cond = self._cond
-        return None if cond is None else cond.prompt
+        """The prompt (or `0.70*a + 0.30*b` blend) of the last output; "" while frames pass
+        through unchanged; None before the first step."""
+        return self._shown
 
     # -- the main loop's step --------------------------------------------------------------
     def _request_prompt(self, tokens, x: torch.Tensor, policy) -> None:
@@ -221,6 +253,20 @@ class StreamEngine(EngineBase):
             self._cond = cond
         return self._cond
 
+    def _blended(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """(embeds, mask, prompt text) of `cond`: a prompt set is mixed with its latest weights,
+        once per new conditioning or weight change (on the main stream, never re-encoded)."""
+        prompts = prompts_of_key(cond.prompt)
+        if len(prompts) == 1:
+            return cond.embeds, cond.mask, cond.prompt
+        with self._lock:
+            weights = self._weights_of.get(cond.prompt, (1.0,) * len(prompts))
+        key = (cond.version, weights)
+        if self._mixed is None or self._mixed[0] != key:
+            embeds, mask = mix_conditioning(cond.embeds, cond.mask, weights)
+            self._mixed = (key, embeds, mask, describe_blend(prompts, weights))
+        return self._mixed[1], self._mixed[2], self._mixed[3]
+
     @staticmethod
     def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
         """Per-frame conditioning rows for a batch of n (one row is shared by all frames)."""
@@ -234,14 +280,17 @@ class StreamEngine(EngineBase):
 
     @torch.no_grad()
     def step(self, frames: Sequence[np.ndarray], ids: Sequence[int]) -> list[FrameOut]:
-        """Stylize 1..batch_size frames; outputs come back in input order with their ids."""
+        """Stylize 1..batch_size frames; outputs come back in input order with their ids. With no
+        prompt (or before the first prompt's conditioning exists) frames pass through unchanged."""
         if self._closed:
             raise RuntimeError("engine is closed")
         n = len(frames)
         with self._lock:
             params, tokens, dirty = self._params, self._tokens, self._prompt_dirty
             schedule, noise = self._schedule, self._noise
-            self._prompt_dirty = False
+            passthrough = is_passthrough(tokens.prompt) and not self._warming
+            if not passthrough:  # the empty prompt is never encoded (but the warm-up's is)
+                self._prompt_dirty = False
             index = self._batches
             self._batches += 1
         if len(ids) != n:
@@ -251,21 +300,33 @@ class StreamEngine(EngineBase):
 
         with self.streams.use(self.main_stream):
             x = to_device_batch(frames, self.size, self.device)
-            cond = self._conditioning(x, params, tokens, dirty, index)
+            cond = None if passthrough else self._conditioning(x, params, tokens, dirty, index)
             with self._lock:
                 self._last_frames = x
+            if cond is None or (is_passthrough(cond.prompt) and not self._warming):
+                return self._pass_through(x, ids)
+            embeds, mask, prompt = self._blended(cond)
             # A graph runs at the full batch size: a short batch is padded with its last frame.
             rows = params.batch_size if self.graphed is not None else n
             if rows > n:
                 x = torch.cat([x, x[-1:].expand(rows - n, -1, -1, -1)], 0)
-            embeds, mask = self._fit(cond.embeds, rows), self._fit(cond.mask, rows)
+            embeds, mask = self._fit(embeds, rows), self._fit(mask, rows)
             if self.lllite is not None:
                 self.lllite.before(x, params.lllite_strength, params.lllite_refresh)
             out = self.denoise(x, embeds, mask, schedule, noise)
             if self.lllite is not None:
                 self.lllite.after(x, out, n)
             host = to_host_frames(out[:n], self.streams)
-        return [FrameOut(int(i), host[k], cond.prompt) for k, i in enumerate(ids)]
+        self._shown = prompt
+        return [FrameOut(int(i), host[k], prompt) for k, i in enumerate(ids)]
+
+    def _pass_through(self, x: torch.Tensor, ids: Sequence[int]) -> list[FrameOut]:
+        """The ingested frames (cropped and resized to the engine's size) as they are."""
+        if self.lllite is not None:
+            self.lllite.reset()  # nothing stylized was shown: the temporal adapter starts afresh
+        host = to_host_frames(to_uint8_frames(x), self.streams)
+        self._shown = ""
+        return [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]
 
     def denoise(self, x: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
                 noise: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,9 @@ def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
     """[-1,1] float [B,3,H,W] -> uint8 [B,H,W,3] on the same device (rounded like the stock pipeline)."""
     x = (images.float() / 2 + 0.5).clamp(0, 1)
     return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
+    """Ingested frames ([B,3,H,W] in [0,1]) back to uint8 [B,H,W,3]: exact for frames that needed
+    no resize (pass-through)."""
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -276,6 +276,23 @@ class Params:
         return cls().replace(**d)
 
 
+class ParamNotice(ParamError):
+    """A change that *was* applied, with a remark its sender should see (raised after applying;
+    the OSC side answers it like an error, so it reaches the sender and the feedback target)."""
+
+
+def strength_notice(changes: dict[str, Any], applied: Params) -> "ParamNotice | None":
+    """The notice for a requested strength that runs lower (held at the model's `max_strength`),
+    or None. Only a change that sets the strength can produce one."""
+    if "strength" not in changes:
+        return None
+    asked = _strength(changes["strength"])
+    if asked <= applied.strength:
+        return None
+    return ParamNotice("strength", f"{asked:g} is above this model's max_strength {applied.strength:g} "
+                       f"(the top of its training); running at {applied.strength:g}")
+
+
 def _active(slots, single):
     merged: dict[Any, float] = {}
     for value, weight in slots:

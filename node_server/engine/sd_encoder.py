@@ -9,25 +9,12 @@ conditioning): `encode` accepts and ignores it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
-BLEND_KEY_PREFIX = "\x00blend:"  # prompts never contain NUL (Params rejects it): no clash with a prompt
-
-
-def prompt_set_key(prompts: Sequence[str]) -> str:
-    """The cache key of a prompt set: the prompt itself for one, a NUL-prefixed JSON list for several."""
-    prompts = tuple(prompts)
-    return prompts[0] if len(prompts) == 1 else BLEND_KEY_PREFIX + json.dumps(list(prompts))
-
-
-def prompts_of_key(key: str) -> tuple[str, ...]:
-    if key.startswith(BLEND_KEY_PREFIX):
-        return tuple(json.loads(key[len(BLEND_KEY_PREFIX):]))
-    return (key,)
+from .blend import BLEND_KEY_PREFIX, prompt_set_key, prompts_of_key  # noqa: F401 (shared with DreamLite)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,11 @@ import torch
 from ..errors import ParamError
 from ..progress import step as announce
 from .base import EngineBase
+from .blend import blend_noise, describe_blend, is_passthrough
 from .conditioning import Conditioning, ConditioningWorker
 from .engine import FrameOut
 from .factory import with_model_defaults
-from .frames import to_device_batch, to_uint8_hwc
+from .frames import to_device_batch, to_uint8_frames, to_uint8_hwc
 from .params import Params
 from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key
 from .streams import Streams
@@ -210,6 +211,8 @@ class SDDenoiser:
 class SDStreamEngine(EngineBase):
     """Stylizes frames with an `SDBundle`; see the module docstring and docs/SD_MODELS.md."""
 
+    family = "sd"
+
     def __init__(self, bundle, params: Optional[Params] = None, *, size: "int | tuple[int, int]" = 512,
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  cache_size: int = 32, stream_batch: bool = False,
@@ -263,6 +266,7 @@ class SDStreamEngine(EngineBase):
         # device-side state, touched only by the frame loop
         self._cond: Optional[Conditioning] = None
         self._blend_applied = None
+        self._shown: Optional[str] = None  # the prompt (or blend) of the last output; "" when passed through
         self._embeds: Optional[torch.Tensor] = None  # fixed-address [rows, 77, D]
         self._embeds_key = None
         self._device_inputs: dict[str, tuple[object, torch.Tensor]] = {}
@@ -292,11 +296,12 @@ class SDStreamEngine(EngineBase):
         starts at once on the worker (the frame is not needed); weights alone never re-encode."""
         with self._lock:
             new = self._params.replace(**changes)
-        self._apply(new)
+        new = self._apply(new)
         self._request_if_dirty()
         return new
 
-    def _apply(self, new: Params) -> None:
+    def _apply(self, new: Params) -> Params:
+        new = self._cap_strength(new)
         prompts, weights = new.active_blend()
         key = prompt_set_key(prompts)
         tokens = None
@@ -327,6 +332,7 @@ class SDStreamEngine(EngineBase):
             if new.seed_mode == "per-frame" and (old.seed_mode != "per-frame" or old.seed != new.seed
                                                  or self._frame_gen is None):
                 self._frame_gen = None  # re-seeded on the frame loop's device
+        return new
 
     def _stage_noise(self, seed: int) -> torch.Tensor:
         """[5, C, h, w]: stage 0 is the diffusers pipelines' `randn_tensor` for this seed (CPU
@@ -343,33 +349,30 @@ class SDStreamEngine(EngineBase):
         return cached
 
     def _blend_noise(self, seeds, weights) -> torch.Tensor:
-        """Weighted mix of the seeds' noises, rescaled to unit variance (sum w_i n_i / |w|)."""
-        if len(seeds) == 1:
-            return self._stage_noise(seeds[0])
-        w = torch.tensor(weights, dtype=torch.float64)
-        w = w / w.sum()
-        mix = sum(float(wi) * self._stage_noise(s).double() for wi, s in zip(w, seeds))
-        return (mix / float(w.pow(2).sum().sqrt())).float()
+        """Weighted mix of the seeds' noises, rescaled to unit variance (engine/blend.py)."""
+        return blend_noise([self._stage_noise(s) for s in seeds], weights)
 
     def _request_if_dirty(self) -> None:
+        """Encode a changed prompt set (the empty prompt only for the warm-up: it passes through)."""
         with self._lock:
             tokens = self._tokens if self._dirty else None
-            self._dirty = False
+            if tokens is not None and is_passthrough(tokens.prompt) and not self._warming:
+                tokens = None  # kept dirty: a warm-up still encodes it
+            else:
+                self._dirty = False
         if tokens is not None and not self.worker.publish_cached(tokens.prompt):
             self.worker.request(tokens, None, cache=True)
 
     # -- state for the control side --------------------------------------------------------
     @property
     def active_prompt(self) -> Optional[str]:
-        """The prompt (or `w*prompt + ...` blend) whose conditioning the last step used."""
+        """The prompt (or `0.70*a + 0.30*b` blend) of the last output; "" while frames pass
+        through unchanged; None before the first step."""
+        return self._shown
+
+    def _applied_prompt(self) -> str:
         applied = self._blend_applied
-        if applied is None:
-            return None
-        prompts, weights = applied[0], applied[1]
-        if len(prompts) == 1:
-            return prompts[0]
-        total = sum(weights)
-        return " + ".join(f"{w / total:.2f}*{p}" for p, w in zip(prompts, weights))
+        return "" if applied is None else describe_blend(applied[0], applied[1])
 
     # -- the main loop's step --------------------------------------------------------------
     def _conditioning(self, rows: int) -> torch.Tensor:
@@ -424,9 +427,12 @@ class SDStreamEngine(EngineBase):
             raise ValueError(f"{n} frames but {len(ids)} ids")
         with self._lock:
             params, schedule = self._params, self._schedule
+            passthrough = is_passthrough(self._tokens.prompt) and not self._warming
         if not 1 <= n <= params.batch_size:
             raise ParamError("frames", f"a step takes 1..{params.batch_size} frames (the batch size), got {n}")
         x = to_device_batch(frames, self.size, self.device)
+        if passthrough or self._shows_nothing_yet():
+            return self._pass_through(x, ids)
         k = len(schedule.indices)
         if self.stream_batch and k > 1:
             return self._step_stream(x, list(ids), params, schedule)
@@ -434,7 +440,8 @@ class SDStreamEngine(EngineBase):
         if rows > n:  # fixed shapes for a captured graph: pad with the last frame
             x = torch.cat([x, x[-1:].expand(rows - n, -1, -1, -1)], 0)
         embeds = self._conditioning(rows)
-        prompt = self.active_prompt or ""
+        prompt = self._applied_prompt()
+        self._shown = prompt
         coef = self._on_device("coef", schedule.coef)
         t = self._on_device("t", schedule.timesteps)
         noise = self._noise(params, rows, k)
@@ -471,7 +478,8 @@ class SDStreamEngine(EngineBase):
             self._inflight_meta = [[None] * b for _ in range(k - 1)]
             self._stream_key = key
         embeds = self._conditioning(k * b)
-        prompt = self.active_prompt or ""
+        prompt = self._applied_prompt()
+        self._shown = prompt
         coef_rows = self._on_device("coef", schedule.coef).repeat_interleave(b, 0)
         t_rows = self._on_device("t", schedule.timesteps).repeat_interleave(b, 0)
         noise = self._noise(params, b, k).expand(-1, b, -1, -1, -1)
@@ -491,6 +499,30 @@ class SDStreamEngine(EngineBase):
             return []
         host = to_host_frames(images, self.streams)
         return [FrameOut(int(s[0]), host[j], s[1]) for j, s in keep]
+
+    def _shows_nothing_yet(self) -> bool:
+        """A new prompt was asked for after a start without one: until its conditioning is ready
+        the latest conditioning is the warm-up's empty prompt, so frames keep passing through."""
+        if self._warming:
+            return False
+        self._request_if_dirty()
+        try:
+            cond = self.worker.latest()
+        except RuntimeError:  # no conditioning at all and the encode failed: ask again next time
+            with self._lock:
+                self._dirty = True
+            raise
+        return cond is not None and is_passthrough(cond.prompt)
+
+    def _pass_through(self, x: torch.Tensor, ids: Sequence[int]) -> list[FrameOut]:
+        """The ingested frames as they are; frames still in the stream-batch pipeline come out
+        first (stylized), so the order of ids is kept."""
+        outs = self.flush() if self.stream_batch else []
+        if self.lllite is not None:
+            self.lllite.reset()
+        host = to_host_frames(to_uint8_frames(x), self.streams)
+        self._shown = ""
+        return outs + [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]
 
     def flush(self) -> list[FrameOut]:
         """Stream batch: run the in-flight frames to the end (feeding grey padding); [] otherwise."""

@@ -75,6 +75,8 @@ class ServerApp:
         from .lllite_settings import param_changes
 
         self._params = self._params.replace(**param_changes(dataclasses.asdict(config)))
+        if config.prompt is not None:  # --prompt / `prompt` in the config file: the start's prompt
+            self._params = self._params.replace(prompt=config.prompt)
         self._engine: Any = None
         self._paused = False
         self._closed = False
@@ -181,7 +183,10 @@ class ServerApp:
 
     def _banner(self) -> None:
         p = self._params
-        self._say(f"node-server serve: model {self.model} on {self.device}, size {self.config.size}, batch {p.batch_size}")
+        from ..frame_size import size_text
+
+        self._say(f"node-server serve: model {self.model} on {self.device}, size {size_text(self.config.size)}, "
+                  f"batch {p.batch_size}")
         if self.zmq is not None:
             self._say(f"  frames in   {self.zmq.in_endpoint}  (ZeroMQ PULL)")
             self._say(f"  frames out  {self.zmq.out_endpoint}  (ZeroMQ PUB)")
@@ -214,8 +219,7 @@ class ServerApp:
             else:  # the engine may have filled in the model's own defaults
                 self._params = getattr(engine, "params", self._params)
             self._engine = engine
-        if self.config.preset:
-            self.recall_preset(self.config.preset)
+        self._apply_start()
         self.stats.set_state("warming")
         engine.warmup(progress=self.progress)
         self.stats.set_prompt(engine.active_prompt or "")
@@ -233,7 +237,9 @@ class ServerApp:
             )
             self.stats.set_state("paused" if self._paused else "running")
             self.loop.start(spawn=self.supervisor.spawn)
-        self._say(f"node-server serve: {'paused' if self._paused else 'running'}")
+        idle = self._params.active_blend()[0] == ("",)
+        note = "; no prompt yet: frames pass through unchanged until /prompt or /preset" if idle else ""
+        self._say(f"node-server serve: {'paused' if self._paused else 'running'}{note}")
         self._notify()
 
     def close(self, timeout: float = 1.0) -> None:
@@ -264,6 +270,25 @@ class ServerApp:
             self.ndi_out.close(timeout=0.5)
         if self._engine is not None and loop_done:
             self._engine.close()
+
+    def _apply_start(self) -> None:
+        """The start's preset (`--preset`), then its prompt (`--prompt`, which wins over the
+        preset's); with neither, frames pass through unchanged until a prompt arrives."""
+        from ..engine.params import ParamNotice
+
+        changes: dict[str, Any] = {}
+        if self.config.preset:
+            changes.update(self._preset_values(self.config.preset))
+        if self.config.prompt is not None:
+            changes["prompt"] = self.config.prompt
+        if not changes:
+            return
+        try:
+            self.set_params(**changes)
+        except ParamNotice as notice:  # e.g. a preset's strength above the model's cap
+            self._say(f"node-server serve: {notice.name} {notice.reason}")
+        if self.config.preset:
+            self.last_preset = self.config.preset
 
     # -- frames in -------------------------------------------------------------------------
     def _on_frame(self, header: FrameHeader, pixels: Any, recv: float, recv_wall: float) -> None:
@@ -318,14 +343,42 @@ class ServerApp:
             return self._params.to_dict()
 
     def set_params(self, **changes: Any) -> None:
+        """Apply `changes` atomically. A control the running model's family does not use raises
+        `ParamError` naming the family (nothing applied); a strength above the model's cap is
+        applied at the cap, then `ParamNotice` says so (OSC answers both with `/error`)."""
+        from ..control.inventory import family_mismatch
+        from ..engine.params import ParamError, strength_notice
+
         with self._lock:
-            if self._engine is not None:
-                self._params = self._engine.set_params(**changes)
+            engine = self._engine
+            if engine is not None:
+                family = getattr(engine, "family", "dreamlite")
+                for key in changes:
+                    reason = family_mismatch(key, family)
+                    if reason is not None:
+                        raise ParamError(key, reason)
+                self._params = engine.set_params(**changes)
             else:
                 self._params = self._params.replace(**changes)
+            applied = self._params
             dropped = self.buffer.set_capacity(self._params.batch_size)
         self.stats.add_dropped(dropped)
         self._notify()
+        notice = strength_notice(changes, applied)
+        if notice is not None:
+            raise notice
+
+    def model_info(self) -> dict[str, Any] | None:
+        """The running model: None before it is loaded, else `family` ("dreamlite" | "sd"),
+        `max_strength` (1.0 when uncapped), `width`, `height` and `model` (the spec)."""
+        engine = self._engine
+        if engine is None:
+            return None
+        info = getattr(engine, "model_info", None)
+        out = dict(info()) if info is not None else {"family": getattr(engine, "family", "dreamlite"),
+                                                    "max_strength": 1.0}
+        out["model"] = self.model
+        return out
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
@@ -337,8 +390,26 @@ class ServerApp:
         self._notify()
 
     def recall_preset(self, name: str) -> None:
-        self.set_params(**self._preset_store().recall(name))
+        from ..engine.params import ParamNotice
+
+        try:
+            self.set_params(**self._preset_values(name))
+        except ParamNotice:  # applied (at the strength cap): still the preset recalled
+            self.last_preset = name
+            raise
         self.last_preset = name
+
+    def _preset_values(self, name: str) -> dict[str, Any]:
+        """A preset's values, less those the running model's family has no use for (presets are
+        shared between models; `refresh` means nothing to an SD-class model)."""
+        from ..control.inventory import family_mismatch
+
+        values = self._preset_store().recall(name)
+        engine = self._engine
+        if engine is not None:
+            family = getattr(engine, "family", "dreamlite")
+            values = {k: v for k, v in values.items() if family_mismatch(k, family) is None}
+        return values
 
     def save_preset(self, name: str) -> None:
         self._preset_store().save(name, self.current_params())

@@ -49,8 +49,10 @@ class ServeConfig:
     oscquery_port: int = 9001  # 0: off (and the web console with it)
     console_token: str | None = None  # the web console accepts changes only from pages with this token
     preset: str | None = None
+    prompt: str | None = None  # the prompt at start (wins over the preset's); None: the preset's, else none
     presets_dir: str | None = None  # None: default_presets_dir()
-    size: int = 512  # resolve(): the model folder's own size (node_server.json) when none is given
+    size: int | tuple[int, int] = 512  # a side, or (height, width) when not square ("448x256");
+    # resolve(): the model folder's own size (node_server.json) when none is given
     encoder_size: int = 512  # the encoder's view of the frame: 512 (the stock pipeline's) or 256
     batch_size: int | None = None  # None: the engine's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -79,7 +81,7 @@ class ServeConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
-_INT_KEYS = {"osc_port", "oscquery_port", "size", "encoder_size", "batch_size", "lllite_refresh"}
+_INT_KEYS = {"osc_port", "oscquery_port", "encoder_size", "batch_size", "lllite_refresh"}
 _FLOAT_KEYS = {"lllite_strength"}
 _BOOL_KEYS = {"no_zmq"}
 
@@ -110,6 +112,27 @@ def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
 
 
 def _check(key: str, value: Any, origin: str) -> Any:
+    if key == "size":  # 512 or "WxH" (width x height), multiples of 32
+        from ..errors import ParamError
+        from ..frame_size import parse_size
+
+        if not isinstance(value, (int, str)):
+            raise NodeServerError(f"{origin}: size must be 512 or \"WxH\" such as \"448x256\", got {value!r}")
+        try:
+            h, w = parse_size(value)
+        except ParamError as exc:
+            raise NodeServerError(f"{origin}: size {exc.reason}") from None
+        return h if h == w else (h, w)
+    if key == "prompt":
+        from ..engine.params import ParamError, Params
+
+        if not isinstance(value, str):
+            raise NodeServerError(f"{origin}: prompt must be a string, got {value!r}")
+        try:
+            Params().replace(prompt=value)
+        except ParamError as exc:
+            raise NodeServerError(f"{origin}: prompt {exc.reason}") from None
+        return value
     if key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise NodeServerError(f"{origin}: {key} must be true or false, got {value!r}")
@@ -123,7 +146,7 @@ def _check(key: str, value: Any, origin: str) -> Any:
             raise NodeServerError(f"{origin}: {key} must be an integer, got {value!r}")
         if key.endswith("port") and not 0 <= value <= 65535:
             raise NodeServerError(f"{origin}: {key} must be 0..65535, got {value}")
-        if key in ("size", "encoder_size") and not (32 <= value <= 4096 and value % 32 == 0):
+        if key == "encoder_size" and not (32 <= value <= 4096 and value % 32 == 0):
             raise NodeServerError(f"{origin}: {key} must be a multiple of 32 in 32..4096, got {value}")
         if key == "batch_size" and value < 1:
             raise NodeServerError(f"{origin}: batch_size must be at least 1, got {value}")

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+try:  # property tests: no per-example deadline (a 2-core CI machine under load is slow, not wrong),
+    # and no example database written into the checkout
+    from hypothesis import settings
+
+    settings.register_profile("node-server", deadline=None, database=None)
+    settings.load_profile("node-server")
+except ImportError:  # hypothesis is in the test extra; the GPU machine may lack it
+    pass
+
 
 @pytest.fixture(scope="session")
 def tiny_bundle():

@@ -1,6 +1,7 @@
-"""What every engine family shares: parameter reads, encoder status, device copies of control-side
-tensors, warm-up and lifecycle. `StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so
-the server and `render` see one interface whatever the model.
+"""What every engine family shares: the output frame (`FrameOut`), a model's own parameter defaults,
+parameter reads, encoder status, device copies of control-side tensors, warm-up and lifecycle.
+`StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so the server and `render` see one
+interface whatever the model.
 
 A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
 `_device_inputs` (a dict) and `step`, and may override `_after_warmup`. An engine started with a
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -23,6 +25,24 @@ from .module_view import module_view
 from .params import BATCH_RANGE, Params
 
 log = logging.getLogger("node_server.engine")
+
+
+@dataclass
+class FrameOut:
+    """One stylized frame, carrying its input's id and the prompt whose conditioning made it."""
+
+    id: int
+    image: np.ndarray  # (H, W, 3) uint8
+    prompt: str
+
+
+def with_model_defaults(bundle: Any, params: Optional[Params]) -> Params:
+    """`params` with the model's own defaults (`bundle.defaults`) filled in for every setting that is
+    still at the global default; what the user set explicitly to another value wins."""
+    params = params if params is not None else Params()
+    base = Params()
+    fill = {k: v for k, v in (getattr(bundle, "defaults", None) or {}).items() if getattr(params, k) == getattr(base, k)}
+    return params.replace(**fill) if fill else params
 
 
 def _encoder_device(choice, device: torch.device) -> torch.device:

@@ -18,26 +18,16 @@ import torch
 from ..errors import ParamError
 from ..progress import step as announce
 from .attention import use_aligned_heads
-from .base import EngineBase
+from .base import EngineBase, FrameOut, with_model_defaults
 from .blend import (PromptSetEncoder, blend_noise, describe_blend, is_passthrough, mix_conditioning,
                     prompt_set_key, prompts_of_key)
 from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
-from .factory import with_model_defaults
 from .frames import to_device_batch, to_host_frames, to_uint8_frames
 from .graphs import COMPILE_MODES, GraphedDenoiser
 from .params import Params
 from .streams import Streams
-
-
-@dataclass
-class FrameOut:
-    """One stylized frame, carrying its input's id and the prompt whose conditioning made it."""
-
-    id: int
-    image: np.ndarray  # (H, W, 3) uint8
-    prompt: str
 
 
 @dataclass(frozen=True)

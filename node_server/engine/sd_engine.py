@@ -35,11 +35,9 @@ import torch
 
 from ..errors import ParamError
 from ..progress import step as announce
-from .base import EngineBase
+from .base import EngineBase, FrameOut, with_model_defaults
 from .blend import blend_noise, describe_blend, is_passthrough
 from .conditioning import Conditioning, ConditioningWorker
-from .engine import FrameOut
-from .factory import with_model_defaults
 from .frames import to_device_batch, to_uint8_frames, to_uint8_hwc
 from .params import Params
 from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key

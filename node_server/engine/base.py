@@ -6,7 +6,7 @@ interface whatever the model.
 A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
 `_device_inputs` (a dict) and `step`, and may override `_after_warmup`. An engine started with a
 ControlNet-LLLite file calls `_attach_lllite` before its first step and brackets its denoiser
-with `self.lllite.before` / `.after` (`engine/lllite_runner.py`).
+with `self.lllite.before` / `.after` (`engine/lllite/runner.py`).
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ class EngineBase:
         if file is None:
             return
         from ..models.lllite_file import read_lllite
-        from .lllite import LLLite
-        from .lllite_runner import LLLiteRunner
+        from .lllite.adapter import LLLite
+        from .lllite.runner import LLLiteRunner
 
         hooks = list(file) if isinstance(file, (list, tuple)) else read_lllite(file, self.unet)
         adapter = LLLite(self.unet, hooks, self.size, edit_layout=edit_layout, max_rows=BATCH_RANGE[1],

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .encoder import PromptEncoder, PromptTokens
+from .dreamlite.encoder import PromptEncoder, PromptTokens
 from .streams import Streams, canonical
 
 

@@ -20,12 +20,12 @@ def build_engine(bundle: Any, params: Optional[Params] = None, *, size=512, devi
     params = with_model_defaults(bundle, params)
     family = getattr(bundle, "family", "dreamlite")
     if family == "dreamlite":
-        from .engine import StreamEngine
+        from .dreamlite.engine import StreamEngine
 
         return StreamEngine(bundle, params, size=size, device=device,
                             encoder_image_size=encoder_image_size, **options)
     if family == "sd":
-        from .sd_engine import SDStreamEngine
+        from .sd.engine import SDStreamEngine
 
         return SDStreamEngine(bundle, params, size=size, device=device, **options)
     raise ModelLoadError(f"no engine for model family {family!r}")

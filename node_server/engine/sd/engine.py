@@ -33,18 +33,18 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ParamError
-from ..progress import step as announce
-from .base import EngineBase, FrameOut, with_model_defaults
-from .blend import blend_noise, describe_blend, is_passthrough
-from .conditioning import Conditioning, ConditioningWorker
-from .frames import to_device_batch, to_uint8_frames, to_uint8_hwc
-from .params import Params
-from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key
-from .streams import Streams
+from ...errors import ParamError
+from ...progress import step as announce
+from ..base import EngineBase, FrameOut, with_model_defaults
+from ..blend import blend_noise, describe_blend, is_passthrough, prompt_set_key, prompts_of_key
+from ..conditioning import Conditioning, ConditioningWorker
+from ..frames import to_device_batch, to_uint8_frames, to_uint8_hwc
+from ..params import Params
+from ..streams import Streams
+from .encoder import ClipPromptEncoder
 
 try:  # pinned, event-synchronised copy out (engine/frames.py); plain copy where it is absent
-    from .frames import to_host_frames
+    from ..frames import to_host_frames
 except ImportError:  # pragma: no cover
     def to_host_frames(images: torch.Tensor, streams) -> np.ndarray:
         return images.cpu().numpy()

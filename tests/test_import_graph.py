@@ -132,6 +132,25 @@ def test_no_import_cycles():
     assert not cycles, "import cycles between modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
+def test_engine_imports_run_one_way():
+    """`engine/`: the factory picks a family, a family folder builds on the shared modules, and
+    the shared modules (and the LLLite adapter, which both families take) import no family."""
+    graph = import_graph()
+    families = ("node_server.engine.dreamlite", "node_server.engine.sd")
+
+    def family_of(module: str):
+        return next((f for f in families if module == f or module.startswith(f + ".")), None)
+
+    wrong = []
+    for module, targets in graph.items():
+        if not module.startswith("node_server.engine") or module == "node_server.engine.factory":
+            continue
+        for target in targets:
+            if family_of(target) not in (None, family_of(module)):
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports against the engine's layering:\n" + "\n".join(sorted(wrong))
+
+
 @pytest.mark.parametrize("module", sorted(m for m in module_files() if not m.endswith(".__main__")))
 def test_every_module_imports(module):
     """Each module imports (a stale path after a move fails here); optional platform libraries

@@ -25,6 +25,9 @@ from .module_view import module_view
 from .params import BATCH_RANGE, Params
 
 log = logging.getLogger("node_server.engine")
+# An engine's `compile` choices, every family: auto (compiled CUDA graphs on a GPU, eager on the
+# CPU), off (eager), graphs (CUDA graphs of eager kernels), default or max-autotune (Inductor + graphs).
+COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
 
 
 @dataclass

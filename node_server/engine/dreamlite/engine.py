@@ -17,7 +17,7 @@ import torch
 
 from ...errors import ParamError
 from ...progress import step as announce
-from ..base import EngineBase, FrameOut, with_model_defaults
+from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
 from ..blend import blend_noise, describe_blend, is_passthrough, mix_conditioning, prompt_set_key, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames
@@ -26,7 +26,7 @@ from ..streams import Streams
 from .attention import use_aligned_heads
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
-from .graphs import COMPILE_MODES, GraphedDenoiser
+from .graphs import GraphedDenoiser
 from .prompt_sets import PromptSetEncoder
 
 

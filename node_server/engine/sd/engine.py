@@ -35,6 +35,7 @@ import torch
 
 from ...errors import ParamError
 from ...progress import step as announce
+from ...quiet import quiet_diffusers
 from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
 from ..blend import blend_noise, describe_blend, is_passthrough, prompt_set_key, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
@@ -83,14 +84,8 @@ def _scheduler_kind(scheduler) -> str:
 
 def _quiet_from_config(cls, config):
     """`cls.from_config` without diffusers' warning about keys of another scheduler class."""
-    from diffusers.utils import logging as diffusers_logging
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
+    with quiet_diffusers():
         return cls.from_config(config)
-    finally:
-        diffusers_logging.set_verbosity(previous)
 
 
 def make_schedule(scheduler, indices: Sequence[int], num_inference_steps: int) -> SDSchedule:

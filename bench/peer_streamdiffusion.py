@@ -139,6 +139,7 @@ def run_peer(frame_buffer: int, frames: int = 480, size: int = 512, device="cuda
     from streamdiffusion import StreamDiffusion
 
     from node_server.engine.frames import to_uint8_hwc
+    from node_server.quiet import quiet_diffusers
 
     bundle = bundle_for(model, device, dtype)
     _reset_peak(device)
@@ -147,15 +148,9 @@ def run_peer(frame_buffer: int, frames: int = 480, size: int = 512, device="cuda
         scheduler=bundle.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # its LCMScheduler.from_config(Euler config) warns about keys
-    try:
+    with quiet_diffusers():  # its LCMScheduler.from_config(Euler config) warns about keys
         stream = StreamDiffusion(pipe, t_index_list=[0], torch_dtype=dtype, width=size, height=size,
                                  frame_buffer_size=frame_buffer, cfg_type="none")
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
 
     def prepare(prompt: str) -> None:  # its prompt path, as its users call it on a prompt change
         stream.prepare(prompt, num_inference_steps=50, guidance_scale=1.0)

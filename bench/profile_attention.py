@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.cuda_timing import cuda_ms
-from node_server.engine.denoiser import Denoiser
+from node_server.engine.dreamlite.denoiser import Denoiser
 from node_server.models import load_model
 
 

@@ -4,7 +4,7 @@ kernels of one variant from the profiler. A development tool for `docs/BENCHMARK
     python -m bench.profile_unet --batches 1,8 --variants default,cudnn,cl,freeze,max --profile default
 
 The U-Net runs as the engine runs it: its own view of the bundle's U-Net with the aligned-head
-attention processors (engine/attention.py). Variants: `eager`, `default` (Inductor), `cudnn`
+attention processors (engine/dreamlite/attention.py). Variants: `eager`, `default` (Inductor), `cudnn`
 (+ cudnn.benchmark), `cl` (+ channels-last weights and inputs), `freeze` (Inductor's freezing:
 weights folded as constants), `max` (`max-autotune-no-cudagraphs`: slow to compile; the Inductor
 cache, `TORCHINDUCTOR_CACHE_DIR`, keeps its choices for the next run). `--profile V` prints V's
@@ -21,8 +21,8 @@ import torch
 
 from bench.cuda_timing import cuda_ms
 from bench.kernel_profile import format_profile, profile_kernels
-from node_server.engine.attention import use_aligned_heads
-from node_server.engine.denoiser import Denoiser
+from node_server.engine.dreamlite.attention import use_aligned_heads
+from node_server.engine.dreamlite.denoiser import Denoiser
 from node_server.engine.module_view import module_view
 from node_server.models import load_model
 

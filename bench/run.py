@@ -44,7 +44,7 @@ import torch
 
 from bench.compare import earlier_results, summary_lines
 from bench.cuda_timing import cuda_ms
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 from node_server.models import load_model
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 from node_server.models import load_model
 

@@ -97,7 +97,7 @@ class TransformEngine:
         return 0.0
 
     def step(self, frames, ids):
-        from node_server.engine.engine import FrameOut
+        from node_server.engine.base import FrameOut
 
         outs = []
         for frame, i in zip(frames, ids):

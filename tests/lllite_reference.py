@@ -1,5 +1,5 @@
 """Plain eager ControlNet-LLLite references, written the straightforward way (Python state and
-forward pre-hooks), that the in-tree formulation (`node_server/engine/lllite.py`) is tested against.
+forward pre-hooks), that the in-tree formulation (`node_server/engine/lllite/adapter.py`) is tested against.
 Nothing here imports the engine's LLLite code.
 
 - `UpstreamController`: the module layout and forward semantics of `dreamlite-lllite`

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from node_server.engine import attention
-from node_server.engine.attention import AlignedHeadAttnProcessor, use_aligned_heads
+from node_server.engine.dreamlite import attention
+from node_server.engine.dreamlite.attention import AlignedHeadAttnProcessor, use_aligned_heads
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_matches_dreamlite_processor_on_cpu(tiny_bundle):
 
 
 class _PadSpy:
-    """Counts the head paddings the processor does (F.pad calls in engine/attention.py)."""
+    """Counts the head paddings the processor does (F.pad calls in engine/dreamlite/attention.py)."""
 
     def __init__(self, monkeypatch):
         self.calls = []

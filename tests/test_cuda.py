@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -160,7 +160,7 @@ def _on_side_stream(fn):
 def test_encoder_graphs_per_batch_and_bucket_match_the_plain_forward(cuda_bundle, full_fp32):
     """One CUDA graph per (batch, bucket); a new prompt in a captured bucket only changes the
     graph's inputs; every replay equals the un-graphed forward and the stock one."""
-    from node_server.engine.encoder import PromptEncoder
+    from node_server.engine.dreamlite.encoder import PromptEncoder
 
     dev = torch.device("cuda")
     kw = dict(image_size=64, max_prompt_tokens=64, buckets=(8, 32))

@@ -57,7 +57,7 @@ def demo_bundle():
 
 @pytest.fixture(scope="module")
 def engine(demo_bundle):
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
 
     with StreamEngine(demo_bundle, size=EVAL_SIZE) as eng:
         yield eng
@@ -169,7 +169,7 @@ def _osc(port: int, address: str, *args) -> None:
 
 def test_prompt_switch_over_osc_changes_the_style_of_the_frames_within_a_few_frames(tmp_path, demo_bundle):
     from bridges.zmq_client import ZmqClient
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.server.app import ServerApp
     from node_server.server.config import ServeConfig
 
@@ -219,7 +219,7 @@ def test_a_strength_above_the_models_range_runs_at_its_max_strength(demo_bundle,
     once (the server sends it to the OSC sender: tests/test_first_contact.py)."""
     import logging
 
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
 
     assert demo_bundle.max_strength == 0.08
     image = to_uint8(held_out()[0])
@@ -242,7 +242,7 @@ def test_on_a_gpu_the_compiled_path_keeps_every_style_and_matches_the_cpu(table)
     """The demo model through the engine's GPU path (bf16, compiled pieces captured as CUDA graphs,
     the same path as the real model): each style is still told apart on the held-out photos, and the
     errors stay near the CPU's float32 ones."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.models import load_model
 
     bundle = load_model(DEMO_SPEC, device="cuda", progress=False)

@@ -11,7 +11,7 @@ import torch
 from node_server.demo import data
 from node_server.demo.model import FRAME_SIZE, HEAD_SIZE, LATENT_CHANNELS, build_demo, unet_config
 from node_server.demo.styles import STYLES, apply_styles
-from node_server.engine.encoder import PromptEncoder
+from node_server.engine.dreamlite.encoder import PromptEncoder
 
 
 @pytest.fixture(scope="module")

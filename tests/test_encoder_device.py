@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from node_server.engine.conditioning import ConditioningWorker
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 
 SIZE = 64

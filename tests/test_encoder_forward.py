@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from node_server.engine.encoder import PromptEncoder
+from node_server.engine.dreamlite.encoder import PromptEncoder
 
 
 def _frames(n: int, seed: int) -> torch.Tensor:
@@ -79,7 +79,7 @@ def test_every_bucket_matches_the_stock_forward_and_runs_only_its_length(tiny_bu
 def test_prefix_cache_gives_the_stock_hidden_states_after_the_prefix(tiny_bundle):
     """The cached-prefix forward's output at positions [P, run_length) is the stock forward's
     last hidden state there (every position the engine reads, and the ones before it)."""
-    from node_server.engine.patchify import patchify
+    from node_server.engine.dreamlite.patchify import patchify
 
     enc = PromptEncoder(tiny_bundle, torch.device("cpu"), torch.float32, image_size=64)
     tokens = enc.tokenize("charcoal sketch, heavy lines")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params, RefreshPolicy
 from node_server.errors import InputError, ParamError
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from node_server.engine.blend import mix_conditioning, prompt_set_key
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params, strength_notice
 
 SIZE = 64
@@ -206,7 +206,7 @@ def test_after_a_warm_up_without_a_prompt_the_first_prompt_shows_when_ready(tiny
 
 
 def test_sd_engine_passes_frames_through_without_a_prompt(sd_bundle):
-    from node_server.engine.sd_engine import SDStreamEngine
+    from node_server.engine.sd.engine import SDStreamEngine
 
     img = frame(8)
     with SDStreamEngine(sd_bundle, size=SIZE) as eng:
@@ -277,7 +277,7 @@ def test_dreamlite_runs_16_9_with_the_temporal_adapter(tiny_bundle):
 
 
 def test_sd_runs_16_9_in_both_step_modes(sd_bundle):
-    from node_server.engine.sd_engine import SDStreamEngine
+    from node_server.engine.sd.engine import SDStreamEngine
 
     clip = [frame(i, 72, 128) for i in range(4)]
     for stream_batch in (False, True):

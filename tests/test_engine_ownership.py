@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from node_server.engine import attention
-from node_server.engine.attention import AlignedHeadAttnProcessor
+from node_server.engine.dreamlite import attention
+from node_server.engine.dreamlite.attention import AlignedHeadAttnProcessor
 from node_server.engine.module_view import module_view
 from node_server.engine.params import Params
 
@@ -61,7 +61,7 @@ def _storage(module) -> set[int]:
 def test_dreamlite_engine_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monkeypatch):
     """With padded heads (the GPU path, switched on for the CPU), an LLLite adapter spliced into
     the U-Net and a cast to another dtype: the bundle is untouched while the engine lives and after."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.models.lllite_file import synth_hooks, write_lllite
 
     monkeypatch.setattr(attention, "PAD_ON_CPU", True)
@@ -91,7 +91,7 @@ def test_dreamlite_engine_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, mon
 
 
 def test_sd_engine_leaves_the_bundle_as_it_was(tmp_path):
-    from node_server.engine.sd_engine import SDStreamEngine
+    from node_server.engine.sd.engine import SDStreamEngine
     from node_server.models import build_synthetic_sd
     from node_server.models.lllite_file import synth_hooks, write_lllite
 

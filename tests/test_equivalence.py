@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from node_server.engine.encoder import EDIT_INSTRUCTION, PromptEncoder
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.encoder import EDIT_INSTRUCTION, PromptEncoder
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 from node_server.models.reference import build_reference_pipeline
 

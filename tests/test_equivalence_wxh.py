@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from node_server.engine.engine import StreamEngine
+from node_server.engine.dreamlite.engine import StreamEngine
 from node_server.engine.params import Params
 from node_server.models.reference import build_reference_pipeline
 

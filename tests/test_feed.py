@@ -17,7 +17,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     """A server with batch size 2 and no OSC (feed only needs the frames)."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.server.app import ServerApp
 
     cfg = ServeConfig(zmq_in="tcp://127.0.0.1:0", zmq_out="tcp://127.0.0.1:0", size=SIZE, batch_size=2, device="cpu")

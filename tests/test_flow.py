@@ -1,4 +1,4 @@
-"""`FlowWarp` (node_server/engine/flow.py): dense optical flow + backward warp for the temporal adapter.
+"""`FlowWarp` (node_server/engine/lllite/flow.py): dense optical flow + backward warp for the temporal adapter.
 
 Translations are made exactly (no resampling of the test images): the analytic texture is
 evaluated at shifted coordinates, and coffee.png is cropped at shifted offsets. The CUDA test
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from node_server.engine.flow import FlowWarp
+from node_server.engine.lllite.flow import FlowWarp
 
 DATA = Path(__file__).parent / "data"
 SIZE = 256

@@ -13,8 +13,8 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 from lllite_reference import ReferenceLLLite, UpstreamController, save_like_upstream
-from node_server.engine.denoiser import Denoiser
-from node_server.engine.lllite import LLLite, LLLiteProjection
+from node_server.engine.dreamlite.denoiser import Denoiser
+from node_server.engine.lllite.adapter import LLLite, LLLiteProjection
 from node_server.errors import ParamError
 from node_server.models.lllite_file import read_lllite, synth_hooks, write_lllite
 
@@ -192,7 +192,7 @@ def test_kohya_adapter_on_sd_equals_kohya_forward(tmp_path):
 
 
 def test_sd_engine_runs_a_kohya_named_adapter(tmp_path):
-    from node_server.engine.sd_engine import SDStreamEngine
+    from node_server.engine.sd.engine import SDStreamEngine
     from node_server.models import build_synthetic_sd
 
     bundle = build_synthetic_sd("sd-turbo-tiny", seed=0)
@@ -224,9 +224,9 @@ def test_temporal_refresh_runs_every_n_batches_on_the_warped_previous_output(tin
     """Refresh on batches 0, 3, 6; buffers untouched in between; a refresh's conditioning image is
     the previous batch's last output warped (by flow between the input frames) toward each frame,
     alone (the source half of the embedding stays zero)."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.engine.frames import to_device_batch
-    from node_server.engine.lllite_runner import _flow_for
+    from node_server.engine.lllite.runner import _flow_for
 
     bundle = copy.copy(tiny_bundle)
     bundle.unet = copy.deepcopy(tiny_bundle.unet)
@@ -262,7 +262,7 @@ def test_temporal_refresh_runs_every_n_batches_on_the_warped_previous_output(tin
 def test_an_adapter_trained_at_another_conditioning_size_gets_its_own_size(den, tmp_path):
     """dreamlite-lllite lets `cond_image_size` differ from the frame (stride = size / block); the
     conditioning image is resized to stride x block grid, the only size its CNN maps onto the grid."""
-    from node_server.engine.lllite_runner import LLLiteRunner
+    from node_server.engine.lllite.runner import LLLiteRunner
 
     ctrl = UpstreamController(den.unet, cond_image_size=2 * H, sample_size=H // 8).randomize(0)
     save_like_upstream(ctrl, tmp_path / "big.safetensors")
@@ -285,7 +285,7 @@ def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle, tmp_path):
     """On a GPU: the compiled, graph-captured engine with a dreamlite-lllite file (down blocks, as
     the paper runs it) gives the eager engine's frames, through strength changes and temporal
     refreshes, with one capture and no recompile."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
 
     upstream_file(tiny_bundle.unet, tmp_path / "t.safetensors", up_std=0.1)
     results = {}
@@ -315,7 +315,7 @@ def test_cuda_compiled_graph_with_adapter_equals_eager(tiny_bundle, tmp_path):
 
 def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compile(den):
     """A compile on a live refresh stalls the show (seconds); the warm-up must have done them all."""
-    from node_server.engine.lllite_runner import LLLiteRunner
+    from node_server.engine.lllite.runner import LLLiteRunner
 
     adapter = LLLite(den.unet, synth_hooks(den.unet, blocks="down"), (H, W), edit_layout=True, max_rows=4)
     counter = CompileCounter()
@@ -336,8 +336,8 @@ def test_warm_up_compiles_both_conditioning_paths_so_live_refreshes_never_compil
 
 def test_engine_warm_up_leaves_no_compile_for_live_refreshes(tiny_bundle):
     """The same through the engine's own warm-up and steps (its ingest layout and grad mode)."""
-    from node_server.engine.engine import StreamEngine
-    from node_server.engine.lllite_runner import LLLiteRunner
+    from node_server.engine.dreamlite.engine import StreamEngine
+    from node_server.engine.lllite.runner import LLLiteRunner
 
     bundle = copy.copy(tiny_bundle)
     bundle.unet = copy.deepcopy(tiny_bundle.unet)

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from lllite_reference import UpstreamController, save_like_upstream
-from node_server.engine.engine import StreamEngine
-from node_server.engine.lllite import LLLiteProjection
+from node_server.engine.dreamlite.engine import StreamEngine
+from node_server.engine.lllite.adapter import LLLiteProjection
 from node_server.engine.params import Params
 from node_server.models.reference import build_reference_pipeline
 

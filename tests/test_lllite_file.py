@@ -19,7 +19,7 @@ from safetensors.torch import load, save, save_file
 from bench.mobile_unet import DREAMLITE_MOBILE_UNET  # DreamLite-mobile's published U-Net layout
 from lllite_reference import UpstreamController, save_like_upstream
 from node_server.cli import main
-from node_server.engine.lllite import LLLite, plan_hooks
+from node_server.engine.lllite.adapter import LLLite, plan_hooks
 from node_server.errors import ModelLoadError, NodeServerError, ParamError
 from node_server.models.lllite_file import lllite_targets, parse_lllite, read_lllite, synth_hooks, write_lllite
 

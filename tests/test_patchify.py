@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from node_server.engine.patchify import grid_thw_for, num_image_tokens, patchify
+from node_server.engine.dreamlite.patchify import grid_thw_for, num_image_tokens, patchify
 from node_server.models.reference import build_image_processor
 from node_server.models.synthetic import IMAGE_PROCESSOR_CONFIG
 

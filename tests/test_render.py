@@ -152,7 +152,7 @@ def fake_engine(monkeypatch):
 
     FakeEngine.instances = []
     monkeypatch.setattr(FakeEngine, "shuffle", False)
-    monkeypatch.setitem(sys.modules, "node_server.engine.engine", types.SimpleNamespace(StreamEngine=FakeEngine))
+    monkeypatch.setitem(sys.modules, "node_server.engine.dreamlite.engine", types.SimpleNamespace(StreamEngine=FakeEngine))
     monkeypatch.setattr(models, "load_model", lambda spec, **kw: ("bundle", spec), raising=False)
     monkeypatch.setattr(models, "DEFAULT_MODEL", "synthetic:tiny", raising=False)
     return FakeEngine

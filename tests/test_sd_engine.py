@@ -12,7 +12,7 @@ import torch
 
 from node_server.engine.factory import build_engine
 from node_server.engine.params import Params
-from node_server.engine.sd_engine import SDStreamEngine, t_index_list
+from node_server.engine.sd.engine import SDStreamEngine, t_index_list
 from node_server.errors import ParamError
 
 SIZE = 64

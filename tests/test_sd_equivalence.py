@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from node_server.engine.params import Params
-from node_server.engine.sd_encoder import ClipPromptEncoder
-from node_server.engine.sd_engine import SDStreamEngine, t_index_list
+from node_server.engine.sd.encoder import ClipPromptEncoder
+from node_server.engine.sd.engine import SDStreamEngine, t_index_list
 
 SIZE = 64
 

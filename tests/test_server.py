@@ -272,7 +272,7 @@ MALFORMED_WIRE = [
 @pytest.fixture(scope="module")
 def live(tiny_bundle, tmp_path_factory):
     """A ServerApp on threads with OSC on; `feedback` is the UDP socket its /status/* go to."""
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
     from node_server.server.app import ServerApp
 
     feedback = Osc(0)

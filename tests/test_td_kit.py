@@ -477,7 +477,7 @@ def test_a_server_size_other_than_the_fit_top_is_reported(td):
 
 
 def test_synthetic_tiny_model_stylizes_through_the_built_network(td, tiny_bundle):
-    from node_server.engine.engine import StreamEngine
+    from node_server.engine.dreamlite.engine import StreamEngine
 
     size = 64
 

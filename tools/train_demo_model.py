@@ -46,7 +46,7 @@ from node_server.demo import data  # noqa: E402
 from node_server.demo import model as demo_model  # noqa: E402
 from node_server.demo.model import FRAME_SIZE, build_demo  # noqa: E402
 from node_server.demo.styles import DEMO_STRENGTH, STYLES, TRAIN_STRENGTHS  # noqa: E402
-from node_server.engine.encoder import PromptEncoder  # noqa: E402
+from node_server.engine.dreamlite.encoder import PromptEncoder  # noqa: E402
 
 # The edit phase's peak learning rate (U-Net). Before the velocity scale, 1e-3 sat on a plateau
 # (loss ~0.9) until the cosine decay brought it near 3e-4; with it, the held-out error fell from
@@ -319,7 +319,7 @@ def train_main(bundle, bank, args, gen, clock, until: float, device, pause_at: f
     ]
     base = [g["lr"] for g in groups]
     params = [p for m in (unet, te, vae.decoder) for p in m.parameters()]
-    from node_server.engine.engine import flow_schedule
+    from node_server.engine.dreamlite.engine import flow_schedule
 
     latent = args.size // 2 ** (len(vae.config.encoder_block_out_channels) - 1)
     # the engine's schedule for a frame of this size (`StreamEngine.latent_hw`: one frame's latent)
@@ -424,7 +424,7 @@ def evaluate(folder: Path, device) -> dict:
 def default_sigma(bundle, strength: float) -> float:
     """The noise level of the engine's one step at `strength` for a FRAME_SIZE frame (its shifted
     schedule; `StreamEngine` uses the same)."""
-    from node_server.engine.engine import flow_schedule
+    from node_server.engine.dreamlite.engine import flow_schedule
 
     latent = FRAME_SIZE // 2 ** (len(bundle.vae.config.encoder_block_out_channels) - 1)
     return flow_schedule(bundle.scheduler, 1, strength, (latent, latent)).sigmas[0]

@@ -67,7 +67,7 @@ def unet_skeleton(spec: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.lllite import BLOCK_GROUPS, parse_blocks
+    from ..engine.lllite.adapter import BLOCK_GROUPS, parse_blocks
     from ..models.lllite_file import default_format, synth_hooks, write_lllite
     from ..progress import step
 

@@ -63,7 +63,7 @@ def stylize_all(engine, images: list[torch.Tensor]) -> dict[str, list[np.ndarray
 def evaluate_folder(folder, *, device="cpu", images: list[torch.Tensor], encoder_image_size: int = 512,
                     verbose: bool = True) -> dict:
     """Load `folder` with the server's loader and print/return the error table."""
-    from ..engine.engine import StreamEngine
+    from ..engine.dreamlite.engine import StreamEngine
     from ..models.loader import load_folder
 
     bundle = load_folder(Path(folder), device=torch.device("cpu"), dtype=torch.float32, progress=False)
@@ -87,7 +87,7 @@ def write_examples(folder, out_dir, images: list[torch.Tensor], names: list[str]
     (bottom), rendered by the engine exactly as `node-server render` would (256px, preset prompts)."""
     from PIL import Image
 
-    from ..engine.engine import StreamEngine
+    from ..engine.dreamlite.engine import StreamEngine
     from ..models.loader import load_folder
 
     out_dir = Path(out_dir)

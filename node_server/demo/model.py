@@ -91,7 +91,7 @@ def build_demo(seed: int = 0, device="cpu", latent_channels: int = LATENT_CHANNE
     )
     bundle.to(device)
     if torch.device(device).type == "cpu":
-        from ..models.loader import use_cpu_layout
+        from ..models.loading import use_cpu_layout
 
         use_cpu_layout(bundle)  # the layout `load_model` gives a model on the CPU (and its speed)
     return bundle

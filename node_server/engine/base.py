@@ -1,18 +1,20 @@
-"""What every engine family shares: parameter reads, encoder status, device copies of control-side
-tensors, warm-up and lifecycle. `StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so
-the server and `render` see one interface whatever the model.
+"""What every engine family shares: the output frame (`FrameOut`), a model's own parameter defaults,
+parameter reads, encoder status, device copies of control-side tensors, warm-up and lifecycle.
+`StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so the server and `render` see one
+interface whatever the model.
 
 A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
 `_device_inputs` (a dict) and `step`, and may override `_after_warmup`. An engine started with a
 ControlNet-LLLite file calls `_attach_lllite` before its first step and brackets its denoiser
-with `self.lllite.before` / `.after` (`engine/lllite_runner.py`).
+with `self.lllite.before` / `.after` (`engine/lllite/runner.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -23,6 +25,27 @@ from .module_view import module_view
 from .params import BATCH_RANGE, Params
 
 log = logging.getLogger("node_server.engine")
+# An engine's `compile` choices, every family: auto (compiled CUDA graphs on a GPU, eager on the
+# CPU), off (eager), graphs (CUDA graphs of eager kernels), default or max-autotune (Inductor + graphs).
+COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
+
+
+@dataclass
+class FrameOut:
+    """One stylized frame, carrying its input's id and the prompt whose conditioning made it."""
+
+    id: int
+    image: np.ndarray  # (H, W, 3) uint8
+    prompt: str
+
+
+def with_model_defaults(bundle: Any, params: Optional[Params]) -> Params:
+    """`params` with the model's own defaults (`bundle.defaults`) filled in for every setting that is
+    still at the global default; what the user set explicitly to another value wins."""
+    params = params if params is not None else Params()
+    base = Params()
+    fill = {k: v for k, v in (getattr(bundle, "defaults", None) or {}).items() if getattr(params, k) == getattr(base, k)}
+    return params.replace(**fill) if fill else params
 
 
 def _encoder_device(choice, device: torch.device) -> torch.device:
@@ -100,8 +123,8 @@ class EngineBase:
         if file is None:
             return
         from ..models.lllite_file import read_lllite
-        from .lllite import LLLite
-        from .lllite_runner import LLLiteRunner
+        from .lllite.adapter import LLLite
+        from .lllite.runner import LLLiteRunner
 
         hooks = list(file) if isinstance(file, (list, tuple)) else read_lllite(file, self.unet)
         adapter = LLLite(self.unet, hooks, self.size, edit_layout=edit_layout, max_rows=BATCH_RANGE[1],

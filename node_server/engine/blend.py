@@ -2,20 +2,14 @@
 cached conditionings and the weighted mix of seed noises.
 
 A blend is a set of up to four prompts (or seeds) with weights. The set is encoded once when it
-changes; a weight change only re-mixes what is cached, on the main stream, into a tensor of the
-same shape as a single prompt's conditioning, so nothing is re-encoded and no graph is re-captured.
-
-For the vision-aware DreamLite encoder a set's conditioning is every prompt encoded with the same
-frame(s) (`PromptSetEncoder`): under `on-change` once per set change with the latest frame, under
-`every:N` / `every-batch` with the newest frame / each frame of the batch, as for one prompt. The
-prompts of a set are encoded one after another inside one conditioning job, each with the shape a
-single prompt uses, so the (compiled) encoder never sees a new shape either.
+changes (DreamLite: `dreamlite/prompt_sets.py`; SD: one batched CLIP call, `sd/encoder.py`); a
+weight change only re-mixes what is cached, on the main stream, into a tensor of the same shape
+as a single prompt's conditioning, so nothing is re-encoded and no graph is re-captured.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -46,47 +40,6 @@ def describe_blend(prompts: Sequence[str], weights: Sequence[float]) -> str:
         return prompts[0]
     total = sum(weights)
     return " + ".join(f"{w / total:.2f}*{p}" for p, w in zip(prompts, weights))
-
-
-@dataclass(frozen=True)
-class PromptSetTokens:
-    """The tokens of every prompt of a blend (each a `PromptTokens`), under the set's key."""
-
-    prompt: str  # prompt_set_key(prompts): what the conditioning cache is keyed by
-    parts: tuple
-
-
-class PromptSetEncoder:
-    """Wraps `PromptEncoder` so `ConditioningWorker` encodes prompt sets unchanged: one prompt is
-    encoded exactly as before; a set gives `(embeds [k*n, Lc, D], mask [k*n, Lc])`, prompt-major
-    (rows `i*n .. i*n+n-1` are prompt i with each of the n frames)."""
-
-    def __init__(self, encoder):
-        self.encoder = encoder
-        self.device = encoder.device  # the worker runs where the encoder lives (--encoder-device)
-
-    def tokenize(self, prompts: "str | Sequence[str]"):
-        """On the caller's thread, once per set change; raises ParamError for a too-long prompt."""
-        prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
-        if len(prompts) == 1:
-            return self.encoder.tokenize(prompts[0])
-        return PromptSetTokens(prompt_set_key(prompts), tuple(self.encoder.tokenize(p) for p in prompts))
-
-    @torch.no_grad()
-    def encode(self, tokens, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(tokens, PromptSetTokens):
-            return self.encoder.encode(tokens, frames)
-        parts = [self.encoder.encode(part, frames) for part in tokens.parts]
-        length = max(e.shape[1] for e, _ in parts)
-        embeds, masks = [], []
-        for e, m in parts:  # equal lengths today; padded (masked out) should a prompt's length differ
-            pad = length - e.shape[1]
-            if pad:
-                e = torch.cat([e, e.new_zeros(e.shape[0], pad, e.shape[2])], 1)
-                m = torch.cat([m, m.new_zeros(m.shape[0], pad)], 1)
-            embeds.append(e)
-            masks.append(m)
-        return torch.cat(embeds, 0), torch.cat(masks, 0)
 
 
 def mix_conditioning(embeds: torch.Tensor, mask: torch.Tensor, weights: Sequence[float]

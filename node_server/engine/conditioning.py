@@ -13,12 +13,24 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 
-from .encoder import PromptEncoder, PromptTokens
 from .streams import Streams, canonical
+
+
+class Tokens(Protocol):
+    """A prompt (set) tokenised by an encoder; `prompt` is the key its conditioning is cached by."""
+
+    prompt: str
+
+
+class Encoder(Protocol):
+    """What the worker runs: DreamLite's `PromptSetEncoder` or SD's `ClipPromptEncoder`. It may have
+    a `device` (where it runs; default: the engine's)."""
+
+    def encode(self, tokens: Tokens, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -36,7 +48,7 @@ class Conditioning:
 
 @dataclass
 class _Request:
-    tokens: PromptTokens
+    tokens: Tokens
     frames: torch.Tensor  # [n,3,H,W] in [0,1] on the device
     ready: Optional[object]  # event after the frames were written on the main stream
     cache: bool  # store the result in the prompt cache
@@ -50,7 +62,7 @@ class ConditioningWorker:
     # the engine's device (the two-device path, run on one GPU or the CPU).
     always_transfer = False
 
-    def __init__(self, encoder: PromptEncoder, streams: Streams, *, cache_size: int = 32):
+    def __init__(self, encoder: Encoder, streams: Streams, *, cache_size: int = 32):
         self.encoder = encoder
         self.streams = streams  # the engine's (main) device
         # The encoder may live on another device (`--encoder-device`): its thread's stream lives
@@ -108,7 +120,7 @@ class ConditioningWorker:
             self._publish(Conditioning(cond.prompt, cond.embeds, cond.mask, cond.event, 0, cond.encode_ms))
             return True
 
-    def request(self, tokens: PromptTokens, frames: torch.Tensor, *, cache: bool) -> None:
+    def request(self, tokens: Tokens, frames: torch.Tensor, *, cache: bool) -> None:
         """Ask for an encode of `tokens` with `frames`; replaces any request not yet started."""
         ready = self.streams.record()
         with self._lock:

@@ -10,16 +10,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..errors import ModelLoadError
+from .base import with_model_defaults
 from .params import Params
-
-
-def with_model_defaults(bundle: Any, params: Optional[Params]) -> Params:
-    """`params` with the model's own defaults (`bundle.defaults`) filled in for every setting that is
-    still at the global default; what the user set explicitly to another value wins."""
-    params = params if params is not None else Params()
-    base = Params()
-    fill = {k: v for k, v in (getattr(bundle, "defaults", None) or {}).items() if getattr(params, k) == getattr(base, k)}
-    return params.replace(**fill) if fill else params
 
 
 def build_engine(bundle: Any, params: Optional[Params] = None, *, size=512, device=None,
@@ -28,12 +20,12 @@ def build_engine(bundle: Any, params: Optional[Params] = None, *, size=512, devi
     params = with_model_defaults(bundle, params)
     family = getattr(bundle, "family", "dreamlite")
     if family == "dreamlite":
-        from .engine import StreamEngine
+        from .dreamlite.engine import StreamEngine
 
         return StreamEngine(bundle, params, size=size, device=device,
                             encoder_image_size=encoder_image_size, **options)
     if family == "sd":
-        from .sd_engine import SDStreamEngine
+        from .sd.engine import SDStreamEngine
 
         return SDStreamEngine(bundle, params, size=size, device=device, **options)
     raise ModelLoadError(f"no engine for model family {family!r}")

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..quiet import quiet_diffusers
+
 
 def module_view(module: nn.Module, device: Optional[torch.device] = None,
                 dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -47,14 +49,5 @@ def module_view(module: nn.Module, device: Optional[torch.device] = None,
 def _quiet_to(module: nn.Module, **kwargs) -> None:
     """`module.to(**kwargs)` without diffusers' warning about "modules to keep in float32", which
     it prints on every cast even when that list is empty."""
-    try:
-        from diffusers.utils import logging as diffusers_logging
-    except ImportError:  # pragma: no cover - diffusers is a dependency
+    with quiet_diffusers():
         module.to(**kwargs)
-        return
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        module.to(**kwargs)
-    finally:
-        diffusers_logging.set_verbosity(previous)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..quiet import quiet_diffusers
+
 
 class ModelBundle:
     """What every model family's bundle shares: moving its torch modules, and reading their device,
@@ -22,19 +24,13 @@ class ModelBundle:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "ModelBundle":
         """Move and/or cast the torch modules in place; returns self so calls can be chained."""
-        from diffusers.utils import logging as diffusers_logging
-
         # diffusers warns about "modules to keep in float32" on every cast, even when that list is
         # empty (as for these models): keep its logger quiet for the cast.
-        previous = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()
-        try:
+        with quiet_diffusers():
             for module in self.modules().values():
                 current = next(module.parameters()).dtype
                 kwargs = {} if dtype is None or dtype == current else {"dtype": dtype}
                 module.to(device=device, **kwargs)
-        finally:
-            diffusers_logging.set_verbosity(previous)
         return self
 
     @property

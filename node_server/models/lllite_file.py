@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.lllite import (BLOCK_GROUPS, LATENT_FACTOR, HookWeights, block_group, conditioning_net,
-                             factor_strides, module_level, parse_blocks)
+from ..engine.lllite.adapter import (BLOCK_GROUPS, LATENT_FACTOR, HookWeights, block_group,
+                                     conditioning_net, factor_strides, module_level, parse_blocks)
 from ..errors import ModelLoadError
 
 PREFIX = "lllite_unet_"  # kohya's module prefix

@@ -7,10 +7,8 @@ resolved to a local snapshot, so a cached or local model never touches the netwo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ import torch
 from ..errors import ModelLoadError, ParamError
 from ..progress import step
 from .bundle import DreamLiteBundle
+from .loading import HAS_ACCELERATE, default_device, default_dtype, finish_bundle, load_parts, read_model_settings
 from .sd import SD_SYNTHETIC_SIZES, build_sd_synthetic_for, is_sd_folder, load_sd_folder
 from .synthetic import IMAGE_PROCESSOR_CONFIG, SYNTHETIC_SIZES, build_synthetic
 
@@ -31,18 +30,12 @@ DEFAULT_FRAME_SIZE = 512
 SYNTHETIC_PREFIX = "synthetic:"
 # Component subfolders of a DreamLite model folder, in load order.
 COMPONENTS = ("text_encoder", "tokenizer", "processor", "unet", "vae", "scheduler")
-# diffusers' fast (meta-device) loading needs accelerate; say so explicitly instead of a warning per load.
-_HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _IMAGE_KEYS = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")
 _LAYOUT = (
     "a DreamLite model folder holds model_index.json and the subfolders " + ", ".join(COMPONENTS)
     + " (as written by `node-server synth-model` or the DreamLite-mobile diffusers repo)"
 )
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_device(choice: str | None) -> str:
@@ -54,11 +47,6 @@ def resolve_device(choice: str | None) -> str:
     if d.startswith("cuda") and not torch.cuda.is_available():
         raise ParamError("device", f"{choice} was asked for but no CUDA device is available; use cpu or auto")
     return d
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs (the paper's setting), float32 on the CPU where bf16 matmuls are slow."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def load_model(spec: str = DEFAULT_MODEL, *, device=None, dtype=None, progress: bool = True) -> DreamLiteBundle:
@@ -87,7 +75,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, device=None, dtype=None, progress: 
         # parameters) is built where it will run, since a CPU initialisation takes minutes
         build_on = device if name == "paper" else torch.device("cpu")
         bundle = build_synthetic(name, device=build_on)
-        return _finish(bundle, device, dtype)
+        return finish_bundle(bundle, device, dtype)
 
     path = Path(spec).expanduser()
     if path.exists():
@@ -158,44 +146,6 @@ def read_image_processor(folder: Path) -> dict:
     return cfg
 
 
-def load_parts(folder: Path, loaders: dict, progress: bool) -> dict:
-    """Run each component's loader in order, showing progress; a failure names the component and
-    the first line of the library's error (shared by DreamLite and SD folders)."""
-    parts = {}
-    with _library_progress_bars(progress):
-        for i, (component, load) in enumerate(loaders.items(), 1):
-            step(f"loading {component} ({i}/{len(loaders)})...", enabled=progress)
-            try:
-                parts[component] = load()
-            except ModelLoadError:
-                raise
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"could not load {component} from {str(folder / component)!r}: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}; expected files written by save_pretrained"
-                ) from None
-    return parts
-
-
-@contextmanager
-def _library_progress_bars(enabled: bool):
-    """transformers and diffusers draw their own bars ("Loading weights: 100%|...") whatever our
-    `progress` says; with progress off (tests, `--quiet`) they are switched off for the load too."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libraries = (diffusers_logging, transformers_logging)
-    were = [lib.is_progress_bar_enabled() for lib in libraries]
-    if not enabled:
-        for lib in libraries:
-            lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, was in zip(libraries, were):
-            (lib.enable_progress_bar if was else lib.disable_progress_bar)()
-
-
 def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name: str | None = None) -> DreamLiteBundle:
     """Load a DreamLite model folder with no network access."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscreteScheduler
@@ -220,11 +170,11 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
             folder, subfolder="text_encoder", dtype=dtype, **local),
         "tokenizer": lambda: AutoTokenizer.from_pretrained(folder, subfolder="tokenizer", **local),
         "processor": lambda: read_image_processor(folder),
-        "unet": lambda: DreamLiteUNetModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=_HAS_ACCELERATE, **local),
-        "vae": lambda: AutoencoderTiny.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=_HAS_ACCELERATE, **local),
+        "unet": lambda: DreamLiteUNetModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=HAS_ACCELERATE, **local),
+        "vae": lambda: AutoencoderTiny.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=HAS_ACCELERATE, **local),
         "scheduler": lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", **local),
     }
-    settings = _read_model_settings(folder)  # checked before the weights are read
+    settings = read_model_settings(folder)  # checked before the weights are read
     parts = load_parts(folder, loaders, progress)
     bundle = DreamLiteBundle(
         name=name or str(folder),
@@ -238,49 +188,7 @@ def load_folder(folder, *, device=None, dtype=None, progress: bool = True, name:
         max_strength=settings["max_strength"],
     )
     _check_token_ids(bundle, folder)
-    return _finish(bundle, device, dtype)
-
-
-# A model folder's own settings for this server (optional):
-#   {"defaults": {"strength": 0.05}, "size": 256, "max_strength": 0.08}
-# "defaults": parameter defaults (the engine fills them in for settings left at the global default);
-# "size": the frame size (a multiple of 32) `serve` and `render` use when no size is given;
-# "max_strength": the highest edit strength the model was trained for: the engine runs a higher
-# requested strength at this one (a model trained only at low strengths, like the demo model, turns
-# to noise above its range), and says so in the log.
-MODEL_DEFAULTS_FILE = "node_server.json"
-
-
-def _read_model_settings(folder: Path) -> dict:
-    """`node_server.json` of a model folder ({} when there is none), every entry checked, so a bad
-    file fails the load (or the command) with its path in the message."""
-    path = Path(folder) / MODEL_DEFAULTS_FILE
-    if not path.is_file():
-        return {"defaults": {}, "size": None, "max_strength": 1.0}
-    try:
-        raw = json.loads(path.read_text())
-        if not isinstance(raw, dict):
-            raise ValueError("expected a JSON object")
-        unknown = set(raw) - {"defaults", "size", "max_strength"}
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; expected defaults, size, max_strength")
-        defaults = dict(raw.get("defaults", {}))
-        from ..engine.params import Params
-
-        Params().replace(**defaults)
-        max_strength = raw.get("max_strength", 1.0)
-        if isinstance(max_strength, bool) or not isinstance(max_strength, (int, float)) \
-                or not 0 < max_strength <= 1:
-            raise ValueError(f"max_strength must be a number in (0, 1], got {max_strength!r}")
-        if defaults.get("strength", 0) > max_strength:
-            raise ValueError(f"the default strength {defaults['strength']} is above max_strength {max_strength}")
-        size = raw.get("size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                 or not 32 <= size <= 4096 or size % 32):
-            raise ValueError(f"size must be a multiple of 32 in 32..4096, got {size!r}")
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: bad model settings: {exc}") from None
-    return {"defaults": defaults, "size": size, "max_strength": float(max_strength)}
+    return finish_bundle(bundle, device, dtype)
 
 
 def model_frame_size(spec: str | None = None) -> int | None:
@@ -296,7 +204,7 @@ def model_frame_size(spec: str | None = None) -> int | None:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
             return None  # a hub id, or a missing folder the load will report
-    return _read_model_settings(folder).get("size")
+    return read_model_settings(folder).get("size")
 
 
 def frame_size_for(spec: str | None = None) -> int:
@@ -318,19 +226,3 @@ def _check_token_ids(bundle: DreamLiteBundle, folder: Path) -> None:
             )
 
 
-def _finish(bundle: DreamLiteBundle, device: torch.device, dtype: torch.dtype) -> DreamLiteBundle:
-    bundle.to(device, dtype)
-    for module in bundle.modules().values():
-        module.eval().requires_grad_(False)
-    if torch.device(device).type == "cpu":
-        use_cpu_layout(bundle)
-    return bundle
-
-
-def use_cpu_layout(bundle) -> None:
-    """Channels-last (NHWC) convolution weights for the U-Net and the autoencoder, so that oneDNN's
-    CPU convolutions run in that layout: about twice as fast as NCHW at these channel counts (on 2
-    CPU cores: the demo model's autoencoder 74 -> 34 ms to encode and 83 -> 39 ms to decode a 256
-    frame). The values, and so the outputs up to rounding, stay the same."""
-    for module in (bundle.unet, bundle.vae):
-        module.to(memory_format=torch.channels_last)

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .bundle import ModelBundle
+from .loading import HAS_ACCELERATE, default_device, default_dtype, finish_bundle, load_parts, read_model_settings
 
 SD_SYNTHETIC_SIZES = ("sd-turbo-tiny", "sd-turbo", "sd-turbo-kl")
 SD_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
@@ -283,8 +284,6 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .loader import _HAS_ACCELERATE, _finish, _read_model_settings, default_device, default_dtype, load_parts
-
     folder = Path(folder)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype if dtype is not None else default_dtype(device)
@@ -310,7 +309,7 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
                              f"{', '.join(allowed) if allowed else 'a diffusers scheduler'}")
 
     local = dict(local_files_only=True)
-    model_kwargs = dict(torch_dtype=dtype, low_cpu_mem_usage=_HAS_ACCELERATE, **local)
+    model_kwargs = dict(torch_dtype=dtype, low_cpu_mem_usage=HAS_ACCELERATE, **local)
     loaders = {
         "text_encoder": lambda: CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **local),
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **local),
@@ -319,7 +318,7 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
             folder, subfolder="vae", **model_kwargs),
         "scheduler": lambda: diffusers_class("scheduler", ()).from_pretrained(folder, subfolder="scheduler", **local),
     }
-    settings = _read_model_settings(folder)  # checked before the weights are read
+    settings = read_model_settings(folder)  # checked before the weights are read
     parts = load_parts(folder, loaders, progress)
     bundle = SDBundle(name or str(folder), **parts, defaults=settings["defaults"],
                       max_strength=settings["max_strength"])
@@ -328,13 +327,11 @@ def load_sd_folder(folder, *, device=None, dtype=None, progress: bool = True, na
     if te_dim != cross:
         raise ModelLoadError(f"model folder {str(folder)!r}: text encoder width {te_dim} does not match the "
                              f"U-Net's cross_attention_dim {cross} (an SDXL model? only SD 1.x/2.x-class models load)")
-    return _finish(bundle, device, dtype)
+    return finish_bundle(bundle, device, dtype)
 
 
 def build_sd_synthetic_for(name: str, device: torch.device, dtype: torch.dtype) -> SDBundle:
     """`synthetic:sd-turbo*` for `load_model`: tiny built on the CPU (same weights everywhere),
     full size built where it will run (a CPU initialisation of ~1.2B parameters is slow)."""
-    from .loader import _finish
-
     build_on = torch.device("cpu") if name == "sd-turbo-tiny" else device
-    return _finish(build_synthetic_sd(name, device=build_on), device, dtype)
+    return finish_bundle(build_synthetic_sd(name, device=build_on), device, dtype)

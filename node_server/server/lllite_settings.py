@@ -12,7 +12,7 @@ from ..errors import ModelLoadError
 def check_lllite(values: dict[str, Any]) -> None:
     """Fail early and clearly: a missing or unreadable file, bad blocks, or LLLite settings without
     a file. (The file's shapes are checked against the U-Net once the model has loaded.)"""
-    from ..engine.lllite import parse_blocks
+    from ..engine.lllite.adapter import parse_blocks
 
     file = values.get("lllite")
     if file is None:

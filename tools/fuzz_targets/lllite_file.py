@@ -30,7 +30,7 @@ def _unets():
 
 
 def fuzz_one(data: bytes) -> None:
-    from node_server.engine.lllite import LLLite
+    from node_server.engine.lllite.adapter import LLLite
     from node_server.models.lllite_file import parse_lllite
 
     for unet, edit in _unets():

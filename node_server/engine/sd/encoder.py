@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .blend import BLEND_KEY_PREFIX, prompt_set_key, prompts_of_key  # noqa: F401 (shared with DreamLite)
+from ..blend import prompt_set_key
 
 
 @dataclass(frozen=True)

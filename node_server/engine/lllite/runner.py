@@ -5,7 +5,7 @@ every N-th batch (`lllite_refresh`, OSC `/lllite/refresh`), and the embeddings t
 the U-Net's fixed buffers for the batches in between. The conditioning image is
 
 - `temporal` (the default): the previous stylized output warped toward each current frame by
-  optical flow from the current input frame to the previous one (`engine/flow.py`, on the GPU),
+  optical flow from the current input frame to the previous one (`engine/lllite/flow.py`, on the GPU),
   so the adapter pulls each frame toward what was just shown (temporal stability). The first
   batch, with nothing shown yet, uses the frame itself.
 - `frame`: the current input frame (an adapter trained on the camera image).
@@ -26,8 +26,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import ParamError
-from .lllite import LLLite
+from ...errors import ParamError
+from .adapter import LLLite
 
 SOURCES = ("temporal", "frame")
 

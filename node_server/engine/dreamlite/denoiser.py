@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .frames import to_uint8_hwc
+from ..frames import to_uint8_hwc
 
 
 class Denoiser:

@@ -33,26 +33,18 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ParamError
-from ..progress import step as announce
-from .base import EngineBase
-from .blend import blend_noise, describe_blend, is_passthrough
-from .conditioning import Conditioning, ConditioningWorker
-from .engine import FrameOut
-from .factory import with_model_defaults
-from .frames import to_device_batch, to_uint8_frames, to_uint8_hwc
-from .params import Params
-from .sd_encoder import ClipPromptEncoder, prompt_set_key, prompts_of_key
-from .streams import Streams
-
-try:  # pinned, event-synchronised copy out (engine/frames.py); plain copy where it is absent
-    from .frames import to_host_frames
-except ImportError:  # pragma: no cover
-    def to_host_frames(images: torch.Tensor, streams) -> np.ndarray:
-        return images.cpu().numpy()
+from ...errors import ParamError
+from ...progress import step as announce
+from ...quiet import quiet_diffusers
+from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
+from ..blend import blend_noise, describe_blend, is_passthrough, prompt_set_key, prompts_of_key
+from ..conditioning import Conditioning, ConditioningWorker
+from ..frames import to_device_batch, to_host_frames, to_uint8_frames, to_uint8_hwc
+from ..params import Params
+from ..streams import Streams
+from .encoder import ClipPromptEncoder
 
 DEFAULT_NUM_INFERENCE_STEPS = 50
-SD_COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
 # Columns of the per-stage coefficient table (one row per timestep index).
 _IN, _EPS_OUT, _EPS_X, _S, _INV_A, _C_OUT, _C_SKIP, _NA, _NB, _NE, _SRC, _NOISE = range(12)
 _NCOEF = 12
@@ -92,14 +84,8 @@ def _scheduler_kind(scheduler) -> str:
 
 def _quiet_from_config(cls, config):
     """`cls.from_config` without diffusers' warning about keys of another scheduler class."""
-    from diffusers.utils import logging as diffusers_logging
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
+    with quiet_diffusers():
         return cls.from_config(config)
-    finally:
-        diffusers_logging.set_verbosity(previous)
 
 
 def make_schedule(scheduler, indices: Sequence[int], num_inference_steps: int) -> SDSchedule:
@@ -221,8 +207,8 @@ class SDStreamEngine(EngineBase):
                  lllite=None, lllite_blocks=None, lllite_source: str = "temporal", encoder_device=None,
                  **_ignored):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
-        if compile not in SD_COMPILE_MODES:
-            raise ParamError("compile", f"must be one of {', '.join(SD_COMPILE_MODES)}, got {compile!r}")
+        if compile not in COMPILE_MODES:
+            raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self._place(bundle, size, device, dtype, encoder_device)
         self.scheduler = self._pick_scheduler(bundle.scheduler, scheduler)
         self.kind = _scheduler_kind(self.scheduler)

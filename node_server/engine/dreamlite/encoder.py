@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import ParamError
+from ...errors import ParamError
 from .patchify import patchify
 
 # The instruction wrapper the stock pipeline puts around the user's prompt in edit mode.

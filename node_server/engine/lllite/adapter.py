@@ -18,7 +18,7 @@ target and source latents side by side) the embedding covers the target half and
 source half, as `dreamlite-lllite` lays it out.
 
 `LLLite.refresh(image)` runs every hook's conditioning CNN and writes the embeddings; the engine
-calls it only on the batches its schedule says (see `engine/lllite_runner.py`).
+calls it only on the batches its schedule says (see `engine/lllite/runner.py`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ParamError
+from ...errors import ParamError
 
 BLOCK_GROUPS = ("down", "mid", "up")
 # `--lllite-blocks` also takes the paper runtime's spelling (`--lllite_blocks down_blocks`).

@@ -17,7 +17,6 @@ import torch
 
 from .denoiser import Denoiser
 
-COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
 # Inductor modes for the U-Net step alone (`GraphedDenoiser(unet_mode=...)`); no mode with its own
 # CUDA graphs: the whole pass is captured as one graph here.
 UNET_COMPILE_MODES = ("eager", "default", "max-autotune-no-cudagraphs")

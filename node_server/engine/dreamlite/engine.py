@@ -15,29 +15,19 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ParamError
-from ..progress import step as announce
+from ...errors import ParamError
+from ...progress import step as announce
+from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
+from ..blend import blend_noise, describe_blend, is_passthrough, mix_conditioning, prompt_set_key, prompts_of_key
+from ..conditioning import Conditioning, ConditioningWorker
+from ..frames import to_device_batch, to_host_frames, to_uint8_frames
+from ..params import Params
+from ..streams import Streams
 from .attention import use_aligned_heads
-from .base import EngineBase
-from .blend import (PromptSetEncoder, blend_noise, describe_blend, is_passthrough, mix_conditioning,
-                    prompt_set_key, prompts_of_key)
-from .conditioning import Conditioning, ConditioningWorker
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
-from .factory import with_model_defaults
-from .frames import to_device_batch, to_host_frames, to_uint8_frames
-from .graphs import COMPILE_MODES, GraphedDenoiser
-from .params import Params
-from .streams import Streams
-
-
-@dataclass
-class FrameOut:
-    """One stylized frame, carrying its input's id and the prompt whose conditioning made it."""
-
-    id: int
-    image: np.ndarray  # (H, W, 3) uint8
-    prompt: str
+from .graphs import GraphedDenoiser
+from .prompt_sets import PromptSetEncoder
 
 
 @dataclass(frozen=True)
@@ -101,7 +91,7 @@ class StreamEngine(EngineBase):
         `lllite`: a ControlNet-LLLite `.safetensors` file (docs/LLLITE.md), hooked into the U-Net
         on `lllite_blocks` (all, or a comma list of down, mid, up). `encoder_device`: where the
         multimodal encoder runs (default: `device`; e.g. a second GPU). `unet_compile_mode`: an
-        Inductor mode for the U-Net step alone (a benchmark lever; see engine/graphs.py)."""
+        Inductor mode for the U-Net step alone (a benchmark lever; see engine/dreamlite/graphs.py)."""
         if compile not in COMPILE_MODES:
             raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self._place(bundle, size, device, dtype, encoder_device)
@@ -109,7 +99,7 @@ class StreamEngine(EngineBase):
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
-        use_aligned_heads(self.unet)  # masked cross-attention on a fused kernel (see engine/attention.py)
+        use_aligned_heads(self.unet)  # masked cross-attention on a fused kernel (see engine/dreamlite/attention.py)
         self.denoiser = Denoiser(self.unet, self.vae, self.size, self.dtype)
         mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
         if mode != "off" and self.device.type != "cuda":

@@ -8,6 +8,10 @@
 #   bash bench/gpu_session.sh checks     # the CUDA tests, then point L with a paper-size adapter
 #   bash bench/gpu_session.sh final      # I,C,S,P with the breakdown, then a short GPU soak
 #   bash bench/gpu_session.sh two-gpu    # two GPUs: the two-GPU test, P and L with the encoder on cuda:1
+#   bash bench/gpu_session.sh release    # a whole device session (GPU_SESSION_BUDGET, e.g. 1500 s): the
+#                                        # CUDA tests, I,C,S,P,L with the U-Net profile and the
+#                                        # StreamDiffusion race, a GPU soak, the console's cost; run it
+#                                        # detached across calls with bench/gpu_detached.sh
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
 # to /tmp/site first. Everything comes back under $OUT (at most 8 files): session.log (each part's
@@ -92,6 +96,14 @@ elif [ "$MODE" = "final" ]; then
   bench main 330 --points I,C,S,P --frames 480
   part soak 220 $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
     --minutes "${SOAK_MINUTES:-2}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
+elif [ "$MODE" = "release" ]; then
+  part tests 420 $PY -m pytest tests -v -p no:cacheprovider -rA --tb=short \
+    --continue-on-collection-errors -k "cuda or gpu"
+  bench main 840 --points I,C,S,P,L --frames 480 --profile-unet --peers
+  part soak "${SOAK_LIMIT:-420}" $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
+    --minutes "${SOAK_MINUTES:-4}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
+  part console 150 $PY -m bench.console_overhead --model synthetic:paper --device cuda --size 512 --window 10 --rounds 3
+  part unet 200 $PY -m bench.profile_unet --batches 1,8 --variants default,cl
 elif [ "$MODE" = "two-gpu" ]; then
   part tests 150 $PY -m pytest tests -v -p no:cacheprovider -rs --continue-on-collection-errors -k "cuda or gpu"
   bench twogpu 330 --points P,L --encoder-device same,cuda:1 --frames 480 --no-breakdown

@@ -21,12 +21,12 @@ be read is counted and reported, and the loop goes on.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from ..bridge_thread import BridgeThread
 from . import pixels
 from ._ndilib import load_ndilib
 from .metadata import frame_t
@@ -42,7 +42,8 @@ NDI_ID_BASE = 2 << 48
 COLOR_FORMATS = ("bgrx", "uyvy")
 
 
-class NdiReceiver:
+class NdiReceiver(BridgeThread):
+    thread_name = "ndi-in"
     """Receives from the NDI source `source` (see `SourceQuery`) on its own thread.
 
     `on_frame(id, rgb, recv, recv_wall, t)` is called on that thread for every video frame;
@@ -80,8 +81,7 @@ class NdiReceiver:
         self.timeout = timeout
         self.stale = stale
         self._next_id = first_id
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_thread()
         self.source: tuple[str, str] | None = None  # (NDI name, address) connected to
         self.format: tuple[int, int, int, int, int] | None = None  # (w, h, FourCC, rate N, rate D)
         self.connected = False  # frames are arriving
@@ -93,21 +93,6 @@ class NdiReceiver:
     @property
     def label(self) -> str:
         return f"ndi {self.query.describe()}"
-
-    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
-        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
-        if spawn is not None:
-            self._thread = spawn("ndi-in", self._run)
-            return
-        self._thread = threading.Thread(target=self._run, name="ndi-in", daemon=True)
-        self._thread.start()
-
-    def close(self, timeout: float = 1.0) -> bool:
-        """Stop the thread (it destroys the receiver and finder); True when it ended."""
-        self._stop.set()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:

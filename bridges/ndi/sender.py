@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..bridge_thread import SenderThread
 from . import pixels
 from ._ndilib import load_ndilib, split_list
 from .metadata import format_output
@@ -62,7 +63,8 @@ def check_name(name: str) -> str:
     return name
 
 
-class NdiSender:
+class NdiSender(SenderThread):
+    thread_name = "ndi-out"
     """Sends frames as the NDI source `name` (seen as `MACHINE (name)`) from its own thread."""
 
     def __init__(
@@ -83,16 +85,12 @@ class NdiSender:
         self.groups = ",".join(split_list(groups)) or None
         self.pixel_format = pixel_format
         self.lib = load_ndilib(ndilib)
-        self._cond = threading.Condition()
-        self._pending: tuple[dict[str, Any], Any] | None = None
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self._init_thread()
         self._sender: Any = None
         self.meter = RateMeter()
         self.ndi_name: str | None = None  # the full name the runtime publishes, once created
         self.ready = threading.Event()  # set once the sender exists (or failed to)
         self.sent = 0
-        self.skipped = 0
         self.failures = 0
         self._announced: tuple[int, int] | None = None  # the size last announced
 
@@ -100,36 +98,15 @@ class NdiSender:
     def label(self) -> str:
         return f'ndi "{self.name}"'
 
-    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
-        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
-        if spawn is not None:
-            self._thread = spawn("ndi-out", self._run)
-            return
-        self._thread = threading.Thread(target=self._run, name="ndi-out", daemon=True)
-        self._thread.start()
-
     def publish(self, fields: dict[str, Any], image: Any) -> None:
         """Hand over one output frame (HxWx3 uint8, top-left origin); never blocks."""
-        with self._cond:
-            self.meter.add(time.perf_counter())
-            if self._pending is not None:
-                self.skipped += 1
-            self._pending = (fields, image)
-            self._cond.notify()
+        self.meter.add(time.perf_counter())
+        self._hand_over((fields, image))
 
     def connections(self) -> int:
         """How many NDI receivers are connected to this source now (0 before it exists)."""
         sender = self._sender
         return int(self.lib.send_get_no_connections(sender, 0)) if sender is not None else 0
-
-    def close(self, timeout: float = 1.0) -> bool:
-        """Stop the thread (it destroys the sender); True when it ended."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -176,12 +153,10 @@ class NdiSender:
         buffer: np.ndarray | None = None
         shape: tuple[int, int] | None = None
         while True:
-            with self._cond:
-                while self._pending is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                (fields, image), self._pending = self._pending, None
+            item = self._next()
+            if item is None:
+                return
+            fields, image = item
             try:
                 rgb = _as_rgb(image)
             except ValueError as exc:

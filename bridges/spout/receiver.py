@@ -21,12 +21,12 @@ the engine is the server's business (its freshest-frame buffer).
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from ..bridge_thread import BridgeThread
 from ._spoutgl import describe_format, gl_enums, load_spoutgl, read_plan
 
 FrameCallback = Callable[[int, np.ndarray, float, float], None]  # (id, HxWx3 RGB, recv, recv_wall)
@@ -36,7 +36,8 @@ FrameCallback = Callable[[int, np.ndarray, float, float], None]  # (id, HxWx3 RG
 SPOUT_ID_BASE = 1 << 48
 
 
-class SpoutReceiver:
+class SpoutReceiver(BridgeThread):
+    thread_name = "spout-in"
     """Receives from the Spout sender `name` ("" = Spout's active sender) on its own thread.
 
     `on_frame(id, rgb, recv, recv_wall)` is called on that thread for every new frame (`rgb` is a
@@ -67,8 +68,7 @@ class SpoutReceiver:
         self.wait_sender = wait_sender
         self.invert = bool(invert)
         self._next_id = first_id
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_thread()
         self.connected = False
         self.sender: tuple[int, int, int] | None = None  # (width, height, DXGI format) when connected
         self.frames = 0  # frames handed on
@@ -77,21 +77,6 @@ class SpoutReceiver:
     @property
     def label(self) -> str:
         return f'spout "{self.name}"' if self.name else "spout (active sender)"
-
-    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
-        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
-        if spawn is not None:
-            self._thread = spawn("spout-in", self._run)
-            return
-        self._thread = threading.Thread(target=self._run, name="spout-in", daemon=True)
-        self._thread.start()
-
-    def close(self, timeout: float = 1.0) -> bool:
-        """Stop the thread (it releases the receiver and its OpenGL context); True when it ended."""
-        self._stop.set()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:

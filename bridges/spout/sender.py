@@ -10,17 +10,18 @@ composite the output as opaque). There is no frame-rate cap: each new frame is s
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
 import numpy as np
 
+from ..bridge_thread import SenderThread
 from ._spoutgl import gl_enums, load_spoutgl
 
 MAX_NAME = 255  # Spout keeps sender names in 256-byte fields
 
 
-class SpoutSender:
+class SpoutSender(SenderThread):
+    thread_name = "spout-out"
     """Sends frames under the Spout sender name `name` from its own thread."""
 
     def __init__(
@@ -42,42 +43,17 @@ class SpoutSender:
         self.enums = gl_enums(self.spoutgl)
         self.invert = bool(invert)
         self.frame_sync = frame_sync
-        self._cond = threading.Condition()
-        self._pending: np.ndarray | None = None
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self._init_thread()
         self.sent = 0
-        self.skipped = 0
         self.failures = 0
 
     @property
     def label(self) -> str:
         return f'spout "{self.name}"'
 
-    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
-        """Start the thread, through `spawn(name, body)` when given (the server's supervisor)."""
-        if spawn is not None:
-            self._thread = spawn("spout-out", self._run)
-            return
-        self._thread = threading.Thread(target=self._run, name="spout-out", daemon=True)
-        self._thread.start()
-
     def publish(self, fields: dict[str, Any], image: np.ndarray) -> None:
         """Hand over one output frame (HxWx3 or HxWx4 uint8, top-left origin); never blocks."""
-        with self._cond:
-            if self._pending is not None:
-                self.skipped += 1
-            self._pending = image
-            self._cond.notify()
-
-    def close(self, timeout: float = 1.0) -> bool:
-        """Stop the thread (it releases the sender and its OpenGL context); True when it ended."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
+        self._hand_over(image)
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -102,12 +78,9 @@ class SpoutSender:
     def _loop(self, sender: Any) -> None:
         rgba: np.ndarray | None = None
         while True:
-            with self._cond:
-                while self._pending is None and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                image, self._pending = self._pending, None
+            image = self._next()
+            if image is None:
+                return
             image = np.asarray(image, np.uint8)
             if image.ndim == 2:
                 image = image[:, :, None]

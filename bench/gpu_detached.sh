@@ -14,7 +14,7 @@ OUT=${OUT:-$PWD/out/gpu_session}
 WAIT=${WAIT:-570}
 mkdir -p "$WORK" "$OUT"
 if [ "${1:-wait}" = "start" ]; then
-  rm -rf "$WORK/repo" && mkdir -p "$WORK/repo" && cp -a . "$WORK/repo/"
+  rm -rf "$WORK/repo" && mkdir -p "$WORK/repo" && tar --exclude=./.venv --exclude=./out -cf - . | tar -xf - -C "$WORK/repo"
   (cd "$WORK/repo" && OUT="$WORK/out" setsid nohup bash bench/gpu_session.sh "${2:-release}" \
     > "$WORK/detached.log" 2>&1 < /dev/null &)
   sleep 5

@@ -10,7 +10,7 @@
 #   bash bench/gpu_session.sh two-gpu    # two GPUs: the two-GPU test, P and L with the encoder on cuda:1
 #   bash bench/gpu_session.sh release    # a whole device session (GPU_SESSION_BUDGET, e.g. 1500 s): the
 #                                        # CUDA tests, I,C,S,P,L with the U-Net profile and the
-#                                        # StreamDiffusion race, a GPU soak, the console's cost; run it
+#                                        # StreamDiffusion race, a GPU soak, the NDI hop, the console's cost; run it
 #                                        # detached across calls with bench/gpu_detached.sh
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
@@ -102,6 +102,7 @@ elif [ "$MODE" = "release" ]; then
   bench main 840 --points I,C,S,P,L --frames 480 --profile-unet --peers
   part soak "${SOAK_LIMIT:-420}" $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
     --minutes "${SOAK_MINUTES:-4}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
+  part ndi 240 $PY -m bench.ndi_hop --model synthetic:paper --size 512 --seconds 20 --out "$WORK/results"
   part console 150 $PY -m bench.console_overhead --model synthetic:paper --device cuda --size 512 --window 10 --rounds 3
   part unet 200 $PY -m bench.profile_unet --batches 1,8 --variants default,cl
 elif [ "$MODE" = "two-gpu" ]; then

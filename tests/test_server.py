@@ -386,7 +386,7 @@ def test_malformed_messages_never_disturb_good_frames(live):
     reason = feedback.expect("/error", timeout=3.0)[0]
     assert "header" in reason or "frame" in reason
     assert _stream(client, 3, first_id=9990) and app.status().state == "running"
-    assert app.threads() == {"zmq-recv": "running", "frame-loop": "running"}
+    assert app.threads() == {"zmq-recv": "running", "osc-control": "running", "frame-loop": "running"}
     assert (app.status().threads_down, app.status().restarts) == (0, 0)
 
 
@@ -395,7 +395,7 @@ def test_status_says_which_threads_run(live):
     app, _, _, feedback, _, _ = live
     assert feedback.expect("/status/threads_down", timeout=3.0) == [0]
     assert feedback.expect("/status/restarts", timeout=3.0) == [0]
-    assert set(app.threads()) == {"zmq-recv", "frame-loop"}
+    assert set(app.threads()) == {"zmq-recv", "osc-control", "frame-loop"}
 
 
 def test_ping_answers_pong_to_the_sender(live):

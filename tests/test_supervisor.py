@@ -199,3 +199,73 @@ def test_a_receive_loop_that_dies_anyway_is_restarted(receiver, monkeypatch):
     push.send_multipart(_good(2))
     assert _wait(lambda: 2 in frames)
     assert _wait(lambda: sup.down() == [])
+
+
+# -- the OSC receive thread ------------------------------------------------------------------
+
+
+class _LoopKiller(BaseException):
+    """Not an `Exception`: gets past the OSC loop's own catch-all, as a bug there could."""
+
+
+def test_the_osc_loop_is_supervised_restarted_and_reported(tmp_path, monkeypatch):
+    """A body that dies is run again by the server's supervisor (on the same named thread), the
+    death is a server error (`/error` hooks, /status/threads_down while it is down) and OSC
+    applies messages again afterwards; close still returns within about one poll interval."""
+    import io
+
+    from pythonosc import udp_client
+
+    from fakes import TransformEngine
+    from node_server.server.app import ServerApp
+    from node_server.server.config import ServeConfig
+
+    class Same(TransformEngine):
+        def transform(self, frame):
+            return frame
+
+    cfg = ServeConfig(zmq_in="tcp://127.0.0.1:0", zmq_out="tcp://127.0.0.1:0", osc_port=0, oscquery_port=0,
+                      presets_dir=str(tmp_path), size=32, device="cpu")
+    app = ServerApp(cfg, engine_factory=lambda a, p: Same(), out=io.StringIO(), progress=False)
+    app.open()
+    app.load()
+    seen_while_down = []
+
+    def on_error(reason: str) -> None:  # called by the supervisor between the death and the restart
+        if "osc-control" in reason:
+            seen_while_down.append((reason, app.threads().get("osc-control"), app.status().threads_down))
+
+    app.add_error_hook(on_error)
+    control = app.control
+    try:
+        assert app.threads()["osc-control"] == RUNNING and app.status().threads_down == 0
+        thread = control._thread
+        real = control._handle_datagram
+        kills = []
+
+        def dying(*args):
+            if not kills:
+                kills.append(1)
+                raise _LoopKiller("the OSC loop itself ended")
+            real(*args)
+
+        monkeypatch.setattr(control, "_handle_datagram", dying)
+        client = udp_client.SimpleUDPClient("127.0.0.1", control.port)
+        client.send_message("/prompt", "lost with the loop")
+        assert _wait(lambda: app.supervisor.restarts == 1)
+        assert len(seen_while_down) == 1
+        reason, state, down = seen_while_down[0]
+        assert reason.startswith("thread osc-control stopped unexpectedly (_LoopKiller: the OSC loop itself ended)")
+        assert (state, down) == (RESTARTING, 1)
+        assert _wait(lambda: app.threads()["osc-control"] == RUNNING and app.status().threads_down == 0)
+        assert app.current_params()["prompt"] == ""  # the datagram that met the bug was not applied
+        client.send_message("/prompt", "after the restart")
+        assert _wait(lambda: app.current_params()["prompt"] == "after the restart")
+        assert control._thread is thread and thread.is_alive()  # the same supervised thread
+        assert app.status().restarts == 1
+    finally:
+        t0 = time.monotonic()
+        app.close()
+        closed_in = time.monotonic() - t0
+    assert not control.serving and app.threads()["osc-control"] == ENDED
+    assert closed_in < 1.0, closed_in  # one poll interval (0.05 s) in practice; generous under load

@@ -20,8 +20,10 @@ Design notes (why it looks like this):
   had a message applied, the replies to one datagram never total more bytes than the datagram had (an `/error`
   text is cut to fit, or the reply is skipped). Everything is still counted and reported to the
   feedback target (itself rate-limited). An optional allow-list refuses other sources silently.
-- Messages are handled one at a time on one daemon thread, so changes apply in arrival order.
-  Every exception is caught and counted; nothing a client sends can stop the thread.
+- Messages are handled one at a time on one thread, so changes apply in arrival order. Every
+  exception is caught and counted; nothing a client sends can stop the thread. In the server the
+  thread runs under its supervisor (`start(spawn=...)`), which restarts the loop should it end
+  anyway (a bug, a BaseException) and reports that as a server error.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 RECEIVE_SIZE = 65535  # a too-long prompt must arrive whole to be reported as too long
 RECEIVE_BUFFER = 1 << 20  # absorb bursts (a fader sweep, a fuzzer) without kernel drops
 POLL_S = 0.05  # how often the receive loop looks at the stop flag
+THREAD_NAME = "osc-control"  # the receive loop's thread (and its supervisor entry)
 
 # Per source, an (address, port) pair (token buckets: rate per second, burst).
 REPLY_RATE, REPLY_BURST = 20.0, 40.0  # `/error` and `/pong` answers to one source
@@ -240,11 +243,19 @@ class OscControl:
         """True while the receive thread runs (for a supervisor or a soak run to check)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "OscControl":
-        """Serve on a daemon thread (and start the owned feedback sender); returns self."""
+    def start(self, spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> "OscControl":
+        """Serve on a thread (and start the owned feedback sender); returns self.
+
+        `spawn(name, body)`, when given, starts the receive loop (the server's supervisor, which
+        runs it again should it ever end unexpectedly); else a plain daemon thread. The one loop
+        serves every socket, the IPv6 loopback listener included.
+        """
         if self._thread is None and not self._closed:
-            self._thread = threading.Thread(target=self._serve, name="osc-control", daemon=True)
-            self._thread.start()
+            if spawn is not None:
+                self._thread = spawn(THREAD_NAME, self._serve)
+            else:
+                self._thread = threading.Thread(target=self._serve, name=THREAD_NAME, daemon=True)
+                self._thread.start()
             if self.feedback is not None and self._owns_feedback:
                 self.feedback.start()
             shown = f" prefix {self.prefix}" if self.prefix else ""

@@ -474,7 +474,7 @@ class ServerApp:
         except BaseException:
             self._close_control()
             raise
-        self.control.start()
+        self.control.start(spawn=self.supervisor.spawn)  # supervised like the bridges
         if self.oscquery is not None:
             self.oscquery.start()
         if self.feedback is not None:

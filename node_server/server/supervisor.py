@@ -6,10 +6,11 @@ stop is reported as a server error (`/error`, counted in `/status/errors`) and r
 same named thread after a backoff (0.1 s, doubling up to 5 s; a run that lasted 30 s counts as
 healthy again), so a bug in one loop costs a moment of input, never the rest of the show.
 
-The bridges (ZeroMQ, Spout) and the frame loop take an optional `spawn(name, body)` in their
-`start()`; the server passes `Supervisor.spawn`, anyone else gets a plain daemon thread. Any
-other I/O thread (OSC's, later) joins the same way without knowing about the supervisor. The
-server reports `down()` and `restarts` in its status (`/status/threads_down`, `/status/restarts`).
+The bridges (ZeroMQ, Spout, NDI), the OSC receive loop and the frame loop take an optional
+`spawn(name, body)` in their `start()`; the server passes `Supervisor.spawn`, anyone else gets a
+plain daemon thread, so a thread joins without knowing about the supervisor. The server reports
+`states()` (`ServerApp.threads()`), `down()` and `restarts` in its status
+(`/status/threads_down`, `/status/restarts`).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def test_the_strength_notice_reaches_liblos_oscdump(tiny_bundle):
 # ------------------------------------------------------------------ model families
 
 
-def test_controls_of_another_family_get_an_error_naming_the_running_family(tiny_bundle):
+def test_controls_of_another_family_get_an_error_naming_the_running_family(tiny_bundle, tmp_path):
     from node_server.models import build_synthetic_sd
 
     feedback = Feedback()
@@ -240,16 +240,24 @@ def test_controls_of_another_family_get_an_error_naming_the_running_family(tiny_
         app.close()
         feedback.close()
 
-    app = start(build_synthetic_sd("sd-turbo-tiny", seed=0), model="synthetic:sd-turbo-tiny")
+    (tmp_path / "mine.toml").write_text('prompt = "a comic book panel"\nsteps = 2\nrefresh = "every-batch"\n')
+    app = start(build_synthetic_sd("sd-turbo-tiny", seed=0), model="synthetic:sd-turbo-tiny",
+                presets_dir=str(tmp_path))
     client = osc_client(app)
     try:
         assert app.model_info()["family"] == "sd"
         client.send_message("/refresh", "every-batch")
         assert sender_errors(client, 1.0) == ["/refresh: applies to DreamLite (vision-aware edit) models only; "
                                               "the running model is of the SD-class (CLIP img2img) family"]
-        client.send_message("/preset", "comic")  # lists refresh: skipped on this family, the rest applies
-        wait_for(lambda: app.current_params()["prompt"].startswith("redraw it as a comic"))
-        assert sender_errors(client, 0.5) == []
+        client.send_message("/preset", "mine")  # for every model; lists refresh: skipped here, the rest applies
+        wait_for(lambda: app.current_params()["prompt"] == "a comic book panel")
+        assert sender_errors(client, 0.5) == [] and app.current_params()["steps"] == 2
+        client.send_message("/preset", "comic")  # made for DreamLite models: refused, nothing applied
+        assert sender_errors(client, 1.0) == [
+            "/preset: preset 'comic' is made for DreamLite (vision-aware edit) models; the running model is "
+            f"synthetic:sd-turbo-tiny (SD-class (CLIP img2img)). To run it anyway, copy it to {tmp_path} "
+            "without its `family` line"]
+        assert app.current_params()["prompt"] == "a comic book panel" and app.last_preset == "mine"
         client.send_message("/cfg", "self")
         wait_for(lambda: app.current_params()["cfg"] == "self")
     finally:
@@ -368,7 +376,8 @@ def test_bad_size_or_prompt_in_the_config_file_is_one_line(tmp_path, text, reaso
 
 
 def test_a_start_prompt_wins_over_the_start_presets(tiny_bundle, tmp_path):
-    app = start(capped(tiny_bundle), preset="pixel-art", prompt="turn it into a blueprint drawing",
+    (tmp_path / "low.toml").write_text('prompt = "make it an old sepia photograph"\nstrength = 0.05\n')
+    app = start(capped(tiny_bundle), preset="low", prompt="turn it into a blueprint drawing",
                 presets_dir=str(tmp_path))
     try:
         params = app.current_params()

@@ -2,7 +2,8 @@
 
 The page (plain files in `static/`, no build step) opens one WebSocket (`/console/ws`) and gets:
 the OSCQuery tree of the running model's controls (it builds its sliders and fields from it, so a
-new inventory entry appears in OSC, OSCQuery and the console alike), live values, a status point
+new inventory entry appears in OSC, OSCQuery and the console alike), the presets made for the
+running model (its preset buttons, sent again with the tree when the model has loaded), live values, a status point
 every second (fps, latency, dropped, errors, state, prompt; the last 5 minutes are kept for the
 plots), `/error` texts as they happen, and, while the page is visible, JPEG thumbnails of the input
 and output (binary frames: one byte, 0 input / 1 output, then the JPEG).
@@ -30,7 +31,7 @@ from aiohttp import WSMsgType, web
 from node_server.console.frames import ThumbnailTap
 from node_server.control.dispatch import Rejected, apply_message
 from node_server.control.listen import ValueWatcher
-from node_server.control.oscquery import OSCQueryServer, controls_for, model_info
+from node_server.control.oscquery import OSCQueryServer, controls_for, model_info, preset_names
 from node_server.control.web import is_loopback
 
 log = logging.getLogger("node_server.console")
@@ -245,10 +246,12 @@ class Console:
         return "read-only: the server is bound off loopback; start it with --console-token to allow changes"
 
     def _presets(self) -> list[str]:
+        """The preset buttons: the presets made for the running model, as OSCQuery's `/preset` VALS."""
         store = self.oscquery.presets
         try:
-            return list(store.names()) if store is not None else []
+            return preset_names(store, self.target) if store is not None else []
         except Exception:
+            log.debug("listing presets failed", exc_info=True)
             return []
 
     def _send_tree(self, viewer: _Viewer) -> None:

@@ -60,7 +60,8 @@ def render_osc_markdown(prefix: str = "") -> str:
         "- Some controls apply to one model family only (SD-class models: `/seed_mode`, `/cfg`,"
         " `/guidance`; DreamLite models: `/refresh`); on the other family they are answered with an"
         " `/error` naming the running model's family, and OSCQuery lists only the running model's"
-        " controls. Presets skip the values the running model has no use for.",
+        " controls. Presets skip the values the running model has no use for, and only the presets"
+        " made for the running model are offered or applied (see Presets below).",
         "- A datagram that is not exactly OSC 1.0 is rejected whole (`/error` \"`packet: ...`\"), so"
         " none of its messages is applied: a size that is not a multiple of 4, a bundle element whose"
         " size is not above 0, not a multiple of 4 or runs past the end, an element that is neither a"
@@ -89,6 +90,30 @@ def render_osc_markdown(prefix: str = "") -> str:
             f"| `{p}{c.address}` | {accepted} | {_cell(c.range_text)} | {_default(c.default)}"
             f" | {_cell(c.description)} |"
         )
+    lines += [
+        "",
+        "## Presets",
+        "",
+        f"`{p}/preset NAME` recalls a TOML file from the user preset folder (`--presets-dir`, else"
+        " `$NODE_SERVER_PRESETS`, else `~/.config/node-server/presets`) or the shipped `presets/`"
+        " folder (`presets/README.md`); a user preset shadows a"
+        " shipped one of the same name. A preset may say which models it is made for:"
+        " `models = [\"demo\"]` (model names as `--model` takes them; a hub id also matches with an"
+        " `@revision`) and/or `family = \"dreamlite\"` (or `\"sd\"`, or a list). The shipped presets are"
+        " marked: the demo model's styles with `models = [\"demo\"]`, `comic` and `oil-painting` with"
+        " `family = \"dreamlite\"` (full DreamLite edit models at strength 1). The demo model knows only"
+        " its own styles, so a family preset does not reach it unless its `models` names it.",
+        "",
+        f"Only the presets made for the running model are offered: OSCQuery's `{p}/preset` `VALS`, the"
+        " web console's preset buttons and the list in the `/error` for an unknown name. Recalling a"
+        " preset made for another model (or `serve --preset` with one) is refused with one line naming"
+        " the models it is for, and nothing of it is applied (`/preset: preset 'comic' is made for"
+        " DreamLite (vision-aware edit) models other than the demo model (which knows only its own"
+        " presets' styles); the running model is demo ...`). A preset with neither key applies to every"
+        f" model: what `{p}/preset/save` writes, and the way to run a shipped preset on another model"
+        " anyway (copy it to the user folder and delete its `models` or `family` line). Values the"
+        " running model's family has no use for (`refresh` on an SD-class model) are skipped.",
+    ]
     lines += [
         "",
         "## Feedback (sent by the server)",

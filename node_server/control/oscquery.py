@@ -6,7 +6,8 @@ with its type, range and live value instead of typing addresses by hand. Served 
 values are read from `target.current_params()` on every request, so a change made over OSC is
 visible at once. Only the running model's controls are listed (an inventory `Control` may name the
 model families it applies to; `target.model_info()` says which family runs, None while loading),
-and `/strength`'s RANGE shows the model's real cap (`max_strength`).
+`/strength`'s RANGE shows the model's real cap (`max_strength`), and `/preset`'s VALS are the
+presets made for the running model (`control/presets.py`).
 
 The tree follows the proposal's model, as OSC 1.0 does: methods are leaves, containers are not
 methods (and python-oscquery, for one, refuses anything else). Where the inventory has a method with
@@ -98,6 +99,22 @@ def controls_for(target: Any, controls: tuple[Control, ...] | None = None) -> li
         if fams is None or family in fams:
             out.append(c)
     return out
+
+
+def preset_names(presets: Any, target: Any) -> list[str]:
+    """The presets made for the running model (`PresetStore.names(model=...)`): matched against
+    `target.preset_model()` where the target has it (the server: the model's name even while it
+    loads), else `target.model_info()`; all of them when neither says."""
+    fn = getattr(target, "preset_model", None)
+    info = None
+    if fn is not None:
+        try:
+            info = fn()
+        except Exception:
+            log.debug("preset_model() failed", exc_info=True)
+    if info is None:
+        info = model_info(target)
+    return list(presets.names(info))
 
 
 def choices_of(control: Control) -> tuple[str, ...] | None:
@@ -317,7 +334,7 @@ class OSCQueryServer:
     def _range(self, c: Control, max_strength: float | None = None) -> list[Any] | None:
         if c.action == "recall_preset" and self.presets is not None:
             try:
-                return [{"VALS": list(self.presets.names())}]
+                return [{"VALS": preset_names(self.presets, self.target)}]
             except Exception:
                 log.warning("OSCQuery: listing presets failed", exc_info=True)
         vals = choices_of(c)

@@ -106,8 +106,8 @@ class ServerApp:
         from ..models.loader import resolve_device
 
         self.device = resolve_device(self.config.device)
-        if self.config.preset:  # a typo should fail now, not after a long model load
-            self._preset_store().recall(self.config.preset)
+        if self.config.preset:  # a typo (or a preset for another model) fails now, not after the load
+            self._preset_store().recall(self.config.preset, self.preset_model())
         self._make_spout()  # SpoutGL missing fails here, before anything is bound
         self._make_ndi()  # so does the NDI binding
         if self.zmq is not None:
@@ -399,12 +399,18 @@ class ServerApp:
             raise
         self.last_preset = name
 
+    def preset_model(self) -> dict[str, Any]:
+        """What presets are matched against (`control/presets.py`): the running model's
+        `model_info()`, or its name alone while it loads."""
+        return self.model_info() or {"model": self.model}
+
     def _preset_values(self, name: str) -> dict[str, Any]:
-        """A preset's values, less those the running model's family has no use for (presets are
-        shared between models; `refresh` means nothing to an SD-class model)."""
+        """A preset's values (refused when it is made for other models), less those the running
+        model's family has no use for (a preset for every model may set `refresh`, which means
+        nothing to an SD-class model)."""
         from ..control.inventory import family_mismatch
 
-        values = self._preset_store().recall(name)
+        values = self._preset_store().recall(name, self.preset_model())
         engine = self._engine
         if engine is not None:
             family = getattr(engine, "family", "dreamlite")

@@ -2,8 +2,10 @@
 reaches from the network.
 
 Contract: `PresetStore.recall` raises `NodeServerError` (sent back as a one-line `/error`) and
-nothing else, whatever the file holds; what it returns passed the same checks as OSC values.
-Each input is also tried wrapped in structure (a nesting depth, a huge number).
+nothing else, whatever the file holds, for no running model and for a few (the keys `models` and
+`family` say which models a preset is for); what it returns passed the same checks as OSC values,
+and `names(model)` lists a preset exactly when recalling it is not refused as made for another
+model. Each input is also tried wrapped in structure (a nesting depth, a huge number, long lists).
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ SEEDS: list[bytes] = [
     b"strength = inf\nsteps = -9223372036854775809\n",
     b'prompt = """' + b"x" * 600 + b'"""\n',
     b"\x00\x01\x02\xff",
+    b'models = ["demo"]\nfamily = "dreamlite"\nprompt = "make it sepia"\n',
+    b'family = ["dreamlite", "sd"]\nmodels = "owner/name"\n',
+    b"models = []\nfamily = {a = 1}\n",
 ]
+MODELS = (None, {"model": "demo", "family": "dreamlite"}, {"model": "owner/name@v1", "family": "sd"},
+          {"model": "some/folder"})
 
 _DIR = Path(tempfile.gettempdir()) / f"node-server-fuzz-presets-{os.getpid()}"
 _STORE = PresetStore(builtin_dir=None, user_dir=_DIR)
@@ -41,6 +48,9 @@ def _structural(data: bytes) -> list[bytes]:
         b"seed = " + b"[" * depth + b"1" + b"]" * depth + b"\n",
         b"prompt = " + b"{a = " * depth + b'"x"' + b"}" * depth,
         b"seed = " + b"9" * (depth + 1) + b"\nstrength = 1e" + str(depth).encode() + b"\n",
+        b"models = " + b"[" * depth + b'"demo"' + b"]" * depth + b"\n",
+        b"models = [" + b'"demo", ' * depth + b'"x"]\nfamily = "' + data[2:2 + depth % 64] + b'"\n',
+        b'family = ["sd", ' + b'"dreamlite", ' * (depth % 40) + b'"sd"]\nmodels = "' + b"m" * depth + b'"\n',
     ]
 
 
@@ -48,12 +58,24 @@ def _check(raw: bytes) -> None:
     _DIR.mkdir(exist_ok=True)
     (_DIR / "p.toml").write_bytes(raw)
     try:
-        params = _STORE.recall("p")
-    except NodeServerError:
+        _STORE.recall("p")
+    except NodeServerError as exc:  # a file that cannot be read: one line, and listed for every model
+        assert "\n" not in str(exc), exc
+        assert "p" in _STORE.names(MODELS[1]), exc
         return
-    assert set(params) <= set(PRESET_KEYS), params
-    for value in params.values():
-        assert not isinstance(value, float) or math.isfinite(value), params
+    for model in MODELS:
+        listed = "p" in _STORE.names(model)
+        try:
+            params = _STORE.recall("p", model)
+        except NodeServerError as exc:
+            assert "\n" not in str(exc), exc
+            refused = " is made for " in str(exc) and "; the running model is " in str(exc)
+            assert listed != refused, (model, exc)
+            continue
+        assert listed, model
+        assert set(params) <= set(PRESET_KEYS), params
+        for value in params.values():
+            assert not isinstance(value, float) or math.isfinite(value), params
 
 
 def fuzz_one(data: bytes) -> None:

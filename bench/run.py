@@ -75,30 +75,6 @@ def churn_prompt(k: int) -> str:
     return f"style number {k}: a painting in the manner of artist {k * 7919 % 1000}"
 
 
-def warm_churn_buckets(engine: StreamEngine, clip: list[np.ndarray], batch: int, changes: int = 400,
-                       limit_s: float = 300) -> list[int]:
-    """Encode one prompt of each length bucket point C's prompts will use, so no bucket compiles
-    (and captures) inside the measured window; returns the buckets' run lengths."""
-    tokenize = getattr(engine.encoder, "tokenize", None)
-    if tokenize is None:
-        return []
-    needed = {tokenize(churn_prompt(k)).run_length for k in range(1, changes + 1)}
-    by_length = {}  # run length -> a prompt of that bucket the measured run never uses
-    for k in range(changes + 1, changes + 5000):
-        length = tokenize(churn_prompt(k)).run_length
-        if length in needed:
-            by_length.setdefault(length, churn_prompt(k))
-        if len(by_length) == len(needed):
-            break
-    t = time.perf_counter()
-    for prompt in by_length.values():
-        engine.set_params(prompt=prompt)
-        while time.perf_counter() - t < limit_s:
-            if engine.step(clip[:batch], list(range(batch)))[0].prompt == prompt:
-                break
-    return sorted(by_length)
-
-
 def measure(engine: StreamEngine, clip: list[np.ndarray], *, batch: int, frames: int, warmup: int = 5,
             churn_s: float | None = None) -> dict:
     """Closed-loop run of `engine.step`; returns fps, latency and interval percentiles (ms)."""
@@ -335,11 +311,6 @@ def run_dreamlite(args, emit, deadline: Deadline) -> None:
                     target = engine.encode_count + 3
                     while engine.encode_count < target and time.perf_counter() - t < 300:
                         engine.step(clip[:batch], list(range(batch)))
-                if churn:  # every prompt bucket the churn will hit is compiled before the clock starts
-                    buckets = warm_churn_buckets(engine, clip, batch)
-                    print(f"[{label}] point {point}: warmed encoder buckets {buckets}", flush=True)
-                    engine.set_params(prompt=PROMPT)
-                    engine.step(clip[:batch], list(range(batch)))
                 capture_s = time.perf_counter() - t
                 r = measure(engine, clip, batch=batch, frames=args.frames, churn_s=churn)
                 r.update(point=point, engine="dreamlite", compile=label, refresh=refresh, steps=1,

@@ -184,6 +184,34 @@ def test_encoder_graphs_per_batch_and_bucket_match_the_plain_forward(cuda_bundle
     assert len(graphed.graphed.captured) == 2 * len(buckets) == 4
 
 
+@pytest.mark.parametrize("batch, refresh", [(1, "on-change"), (2, "every-batch")])
+def test_warmup_captures_every_bucket_so_no_prompt_captures_later(cuda_bundle, batch, refresh):
+    """The warm-up primes each (batch, bucket) the worker will send; afterwards a prompt of any
+    length, and under every-batch a short batch, replays graphs only (the CPU tests use a spy:
+    tests/test_encoder_warmup.py)."""
+    from test_encoder_warmup import prompt_in
+
+    params = Params().replace(prompt="ink", batch_size=batch, refresh=refresh)
+    with StreamEngine(cuda_bundle, params, size=SIZE, encoder_image_size=64, compile="graphs") as eng:
+        enc = eng.encoder
+        assert enc.graphed is not None and enc.shape_bound
+        eng.warmup(progress=False)
+        captured = list(enc.graphed.captured)
+        batches = {1, batch}
+        assert len(captured) == len(enc.buckets) * len(batches)
+        assert {key[0][0][0] for key in captured} == batches  # the frames' batch
+        for bucket in enc.buckets:
+            prompt = prompt_in(eng, bucket)
+            eng.set_params(prompt=prompt)
+            deadline = time.monotonic() + 30
+            while eng.step([frame(k) for k in range(batch)], list(range(batch)))[0].prompt != prompt:
+                assert time.monotonic() < deadline
+        eng.step([frame(0)], [0])  # a short batch
+        while eng.worker.busy:
+            time.sleep(0.005)
+        assert enc.graphed.captured == captured
+
+
 def test_the_two_device_copy_path_on_one_gpu(cuda_bundle, full_fp32, monkeypatch):
     """`always_transfer` runs the --encoder-device hand-over (copies on a side stream, ordered by
     events) on one GPU: the output equals the plain engine's and the frame loop never waits."""

@@ -55,6 +55,15 @@ class _Request:
     ticket: int  # order of the request among requests and cache publishes
 
 
+@dataclass
+class _Warm:
+    """An encode whose result nobody uses: it only makes its shape compile and capture now."""
+
+    request: _Request
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Optional[BaseException] = None
+
+
 class ConditioningWorker:
     """Owns the encoder, its thread, its stream and the prompt cache."""
 
@@ -75,6 +84,7 @@ class ConditioningWorker:
         self._cache: "OrderedDict[str, Conditioning]" = OrderedDict()
         self._lock = threading.Condition()
         self._pending: Optional[_Request] = None
+        self._warm: list[_Warm] = []  # `warm` jobs, run when no request waits
         self._latest: Optional[Conditioning] = None
         self._version = 0
         self._tickets = 0  # handed out in order to requests and cached publishes
@@ -128,6 +138,25 @@ class ConditioningWorker:
             self._pending = _Request(tokens, frames, ready, cache, self._tickets)
             self._lock.notify_all()
 
+    def warm(self, jobs, timeout: Optional[float] = None) -> list[BaseException]:
+        """Encode each `(tokens, frames)` once on the worker's thread and stream, publishing and
+        caching nothing and not counted in `encode_count`, and wait for them: a shape that
+        compiles or captures does it now (the warm-up), not when a prompt first needs it. Returns
+        the failures (the show can go on without a primed shape)."""
+        ready = self.streams.record()
+        items = [_Warm(_Request(tokens, frames, ready, False, 0)) for tokens, frames in jobs]
+        with self._lock:
+            if self._closed:
+                return []
+            self._warm.extend(items)
+            self._lock.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for item in items:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not item.done.wait(left):
+                raise TimeoutError("the encoder warm-up did not finish in time")
+        return [item.error for item in items if item.error is not None]
+
     def latest(self) -> Optional[Conditioning]:
         """The newest published conditioning. A failed encode leaves the previous one in place."""
         with self._lock:
@@ -167,6 +196,9 @@ class ConditioningWorker:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            for item in self._warm:  # nobody waits for a warm-up that will not run
+                item.done.set()
+            self._warm.clear()
             self._lock.notify_all()
         self._thread.join(timeout=10)
 
@@ -180,10 +212,13 @@ class ConditioningWorker:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._closed:
+                while self._pending is None and not self._warm and not self._closed:
                     self._lock.wait()
                 if self._closed:
                     return
+                if self._pending is None:  # a warm-up job, when no real request waits
+                    self._run_warm(self._warm.pop(0))
+                    continue
                 req, self._pending = self._pending, None
                 self._busy = True
             try:
@@ -206,7 +241,20 @@ class ConditioningWorker:
                     self._shown_ticket = req.ticket
                     self._publish(cond)
 
-    def _encode(self, req: _Request) -> Conditioning:
+    def _run_warm(self, item: _Warm) -> None:
+        """One `warm` job (called holding the lock, released for the encode)."""
+        self._busy = True
+        self._lock.release()
+        try:
+            self._encode(item.request, counted=False)
+        except Exception as exc:  # reported by `warm`; the worker goes on
+            item.error = exc
+        finally:
+            self._lock.acquire()
+            self._busy = False
+            item.done.set()
+
+    def _encode(self, req: _Request, counted: bool = True) -> Conditioning:
         start = time.perf_counter()
         if self.transfer:
             embeds, mask, event = self._encode_elsewhere(req)
@@ -216,7 +264,8 @@ class ConditioningWorker:
                 self.streams.keep_alive(req.frames, self.stream)
                 embeds, mask = self.encoder.encode(req.tokens, req.frames)
                 event = self.streams.record(self.stream)
-        self.encode_count += 1
+        if counted:
+            self.encode_count += 1
         return Conditioning(req.tokens.prompt, embeds, mask, event, 0, (time.perf_counter() - start) * 1e3)
 
     def _encode_elsewhere(self, req: _Request):

@@ -16,7 +16,7 @@ computed once (`FixedShapeEditForward.cache_prefix`) and left out of every encod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -119,6 +119,20 @@ class PromptEncoder:
             from .graphs import CapturedCalls
 
             self.graphed = CapturedCalls(self._device_forward, self.device)
+
+    @property
+    def shape_bound(self) -> bool:
+        """True when the first encode of a new (batch, bucket) compiles and/or captures a CUDA
+        graph (seconds on the worker thread, holding the GIL), so every shape a show will use
+        belongs in the warm-up (`bucket_probes`); False for the eager forward (the CPU)."""
+        return self.compiled is not None or self.graphed is not None
+
+    def bucket_probes(self) -> list[PromptTokens]:
+        """One token set per bucket, the empty prompt run at that bucket's length: the exact
+        shapes of every prompt of the bucket (the rest is padding under the causal mask), so
+        encoding each once (at each batch the worker sends) compiles and captures all of them."""
+        empty = self.tokenize("")
+        return [replace(empty, run_length=self.base_length + b) for b in self.buckets]
 
     # -- once per prompt, on the CPU -------------------------------------------------------
     def _token_ids(self, prompt: str) -> list[int]:

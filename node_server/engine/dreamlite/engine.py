@@ -8,6 +8,7 @@ its own thread/stream; `step` only ever waits for it before the very first condi
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -28,6 +29,9 @@ from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
 from .graphs import GraphedDenoiser
 from .prompt_sets import PromptSetEncoder
+
+
+log = logging.getLogger("node_server.engine")
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,11 @@ class StreamEngine(EngineBase):
         if mode != "off" and self.device.type != "cuda":
             raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
         self.compile_mode = mode
+        self._say = lambda text: announce(text, enabled=progress)
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
         self.graphed = None if mode == "off" else GraphedDenoiser(
-            self.denoiser, self.device, mode=mode, announce=lambda text: announce(text, enabled=progress),
+            self.denoiser, self.device, mode=mode, announce=self._say,
             unet_mode=unet_compile_mode)
         self._device_inputs: dict[str, tuple[object, object]] = {}  # name -> (host source, device copy)
         self.encoder = PromptEncoder(bundle, self.encoder_device, self.dtype, image_size=encoder_image_size,
@@ -216,20 +221,34 @@ class StreamEngine(EngineBase):
         return self._shown
 
     # -- the main loop's step --------------------------------------------------------------
+    def _encoder_frames(self, x: torch.Tensor, policy) -> torch.Tensor:
+        """The frames an encode under `policy` sees: the newest one, or (every-batch) each frame of
+        the batch. Where each new encoder batch compiles and captures (`encoder.shape_bound`), a
+        short batch is padded with its last frame to the batch size, so the worker only ever
+        sends batch 1 or the batch size, both primed by the warm-up (`_prime_encoder`)."""
+        if policy.kind != "every-batch":
+            return x[-1:]
+        return self._full_batch(x) if self.encoder.shape_bound else x
+
+    def _full_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` padded with its last frame to the batch size."""
+        rows = self.params.batch_size
+        if x.shape[0] < rows:
+            return torch.cat([x, x[-1:].expand(rows - x.shape[0], -1, -1, -1)], 0)
+        return x
+
     def _request_prompt(self, tokens, x: torch.Tensor, policy) -> None:
         """A prompt changed: show its cached conditioning, or encode it with the latest frame(s)."""
         if policy.kind == "on-change" and self.worker.publish_cached(tokens.prompt):
             return
-        frames = x if policy.kind == "every-batch" else x[-1:]
-        self.worker.request(tokens, frames, cache=policy.kind == "on-change")
+        self.worker.request(tokens, self._encoder_frames(x, policy), cache=policy.kind == "on-change")
 
     def _conditioning(self, x: torch.Tensor, params: Params, tokens, dirty: bool, index: int) -> Conditioning:
         policy = params.refresh
         if dirty:
             self._request_prompt(tokens, x, policy)
         elif policy.due(index):
-            frames = x if policy.kind == "every-batch" else x[-1:]
-            self.worker.request(tokens, frames, cache=False)
+            self.worker.request(tokens, self._encoder_frames(x, policy), cache=False)
         try:
             cond = self.worker.latest() or self.worker.wait_first()
         except RuntimeError:
@@ -309,6 +328,30 @@ class StreamEngine(EngineBase):
             host = to_host_frames(out[:n], self.streams)
         self._shown = prompt
         return [FrameOut(int(i), host[k], prompt) for k, i in enumerate(ids)]
+
+    def _after_warmup(self) -> None:
+        super()._after_warmup()
+        self._prime_encoder()
+
+    def _prime_encoder(self) -> None:
+        """Encode once in every prompt-length bucket at every batch the worker can send (1, for
+        on-change and every:N; the batch size, for every-batch, which `/refresh` may pick live),
+        so that no prompt, however long, compiles or captures after the warm-up: on the worker
+        thread that takes seconds and holds the GIL, and the frame loop would stall. Only where
+        shapes compile or capture (a GPU); the eager CPU forward has nothing to prime."""
+        x = self._last_frames  # the warm-up's batch, on the device
+        if not self.encoder.shape_bound or x is None:
+            return
+        frames = [x[-1:]]
+        if self.params.batch_size > 1:
+            frames.append(self._full_batch(x))
+        probes = self.encoder.bucket_probes()
+        self._say(f"warming up: the encoder's {len(probes)} prompt-length buckets at batch "
+                  f"{' and '.join(str(f.shape[0]) for f in frames)}...")
+        errors = self.worker.warm([(tokens, f) for tokens in probes for f in frames])
+        for err in errors[:1]:
+            log.warning("priming the encoder's buckets failed (%s: %s); a prompt of a new length may "
+                        "stall the output once while its shape compiles", type(err).__name__, err)
 
     def _pass_through(self, x: torch.Tensor, ids: Sequence[int]) -> list[FrameOut]:
         """The ingested frames (cropped and resized to the engine's size) as they are."""

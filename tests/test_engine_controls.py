@@ -254,6 +254,60 @@ def test_a_strength_above_the_cap_runs_at_the_cap_and_is_said_once(tiny_bundle, 
         assert eng.model_info() == {"family": "dreamlite", "max_strength": 0.08, "width": SIZE, "height": SIZE}
 
 
+# ------------------------------------------------------------------ what both families share (engine/base.py)
+
+
+def _engine_of(family: str, tiny_bundle, sd_bundle, **kw):
+    from node_server.engine.sd.engine import SDStreamEngine
+
+    if family == "dreamlite":
+        return StreamEngine(tiny_bundle, Params(), size=SIZE, encoder_image_size=64, progress=False, **kw)
+    return SDStreamEngine(sd_bundle, Params(), size=SIZE, progress=False, **kw)
+
+
+@pytest.mark.parametrize("family", ["dreamlite", "sd"])
+def test_a_compile_choice_the_machine_cannot_run_is_one_line_and_starts_no_thread(family, tiny_bundle,
+                                                                                   sd_bundle):
+    import threading
+
+    from node_server.engine.base import COMPILE_MODES
+    from node_server.errors import ParamError
+
+    with _engine_of(family, tiny_bundle, sd_bundle, compile="auto") as eng:
+        assert eng.compile_mode == "off"  # auto on the CPU: eager
+    with _engine_of(family, tiny_bundle, sd_bundle, compile="off") as eng:
+        assert eng.compile_mode == "off"
+    for mode, reason in [(m, f"{m} needs a CUDA device; use auto or off on cpu") for m in COMPILE_MODES[2:]] + [
+            ("fast", "must be one of auto, off, graphs, default, max-autotune, got 'fast'")]:
+        before = set(threading.enumerate())
+        with pytest.raises(ParamError) as info:
+            _engine_of(family, tiny_bundle, sd_bundle, compile=mode)
+        assert str(info.value) == f"invalid compile: {reason}"
+        assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []  # no worker left
+
+
+@pytest.mark.parametrize("family", ["dreamlite", "sd"])
+def test_the_newest_64_prompt_sets_keep_their_blend_weights(family, tiny_bundle, sd_bundle):
+    """A weight change never re-encodes, so each prompt set's latest weights are remembered for the
+    frame loop to mix with; the 64 most recently set are kept, the older ones fall back to equal."""
+    from node_server.engine.base import WEIGHT_SETS
+
+    first = prompt_set_key(["ink", "chalk"])
+    with _engine_of(family, tiny_bundle, sd_bundle) as eng:
+        eng.set_params(blend=["ink", 0.25, "chalk", 0.75])
+        assert eng._weights_for(first, 2) == (0.25, 0.75)
+        for k in range(WEIGHT_SETS - 2):  # 63 sets in all (the empty prompt's is the 64th)
+            eng.set_params(blend=[f"style {k}", 0.5, "chalk", 0.5])
+        eng.set_params(blend=["ink", 0.5, "chalk", 0.25])  # set again: now the newest
+        for k in range(WEIGHT_SETS - 1):
+            eng.set_params(blend=[f"other {k}", 0.5, "chalk", 0.5])
+        assert eng._weights_for(first, 2) == (0.5, 0.25)  # 63 newer sets: still remembered
+        assert eng._weights_for(prompt_set_key(["style 0", "chalk"]), 2) == (1.0, 1.0)  # forgotten
+        eng.set_params(blend=["last", 0.5, "chalk", 0.5])
+        assert eng._weights_for(first, 2) == (1.0, 1.0)  # 64 newer sets: forgotten
+        assert eng._weights_for(prompt_set_key(["last", "chalk"]), 2) == (0.5, 0.5)
+
+
 # ------------------------------------------------------------------ non-square sizes
 
 

@@ -1,12 +1,14 @@
 """What every engine family shares: the output frame (`FrameOut`), a model's own parameter defaults,
-parameter reads, encoder status, device copies of control-side tensors, warm-up and lifecycle.
+the compile-mode choice, a prompt set's tokens and remembered blend weights, parameter reads,
+encoder status, device copies of control-side tensors, warm-up and lifecycle.
 `StreamEngine` (DreamLite) and `SDStreamEngine` build on it, so the server and `render` see one
 interface whatever the model.
 
 A subclass provides `_lock`, `_params`, `worker` (a `ConditioningWorker`), `device`, `size`,
-`_device_inputs` (a dict) and `step`, and may override `_after_warmup`. An engine started with a
-ControlNet-LLLite file calls `_attach_lllite` before its first step and brackets its denoiser
-with `self.lllite.before` / `.after` (`engine/lllite/runner.py`).
+`_tokens` (the prompt set in use, or None), `_device_inputs` and `_weights_of` (dicts) and `step`,
+and may override `_after_warmup`. It calls `_resolve_compile` right after `_place`. An engine
+started with a ControlNet-LLLite file calls `_attach_lllite` before its first step and brackets its
+denoiser with `self.lllite.before` / `.after` (`engine/lllite/runner.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..errors import ParamError
 from ..progress import step as announce
+from .blend import prompt_set_key
 from .frames import check_size
 from .module_view import module_view
 from .params import BATCH_RANGE, Params
@@ -28,6 +32,7 @@ log = logging.getLogger("node_server.engine")
 # An engine's `compile` choices, every family: auto (compiled CUDA graphs on a GPU, eager on the
 # CPU), off (eager), graphs (CUDA graphs of eager kernels), default or max-autotune (Inductor + graphs).
 COMPILE_MODES = ("auto", "off", "graphs", "default", "max-autotune")
+WEIGHT_SETS = 64  # prompt sets whose latest blend weights an engine remembers
 
 
 @dataclass
@@ -52,8 +57,6 @@ def _encoder_device(choice, device: torch.device) -> torch.device:
     """The encoder's device (`--encoder-device`; None: the engine's own), checked to exist."""
     if choice is None:
         return device
-    from ..errors import ParamError
-
     try:
         dev = torch.device(choice)
     except (RuntimeError, TypeError):
@@ -83,6 +86,18 @@ class EngineBase:
         self.unet = module_view(bundle.unet, self.device, self.dtype)
         self.vae = module_view(bundle.vae, self.device, self.dtype)
         self.text_encoder = module_view(bundle.text_encoder, self.encoder_device, self.dtype)
+
+    def _resolve_compile(self, compile: str) -> str:
+        """Set and return `compile_mode`: `compile` (one of `COMPILE_MODES`) on this engine's
+        device, auto being default on a GPU and off elsewhere; any mode but off needs CUDA. Called
+        right after `_place`, before anything is built or started, so a bad choice leaves nothing."""
+        if compile not in COMPILE_MODES:
+            raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
+        if mode != "off" and self.device.type != "cuda":
+            raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
+        self.compile_mode = mode
+        return mode
 
     family = "dreamlite"  # the model family (control/inventory.py tags each control with the families it serves)
     _warming = False  # True during `warmup`: the empty prompt is encoded and denoised once, to compile
@@ -130,6 +145,29 @@ class EngineBase:
         adapter = LLLite(self.unet, hooks, self.size, edit_layout=edit_layout, max_rows=BATCH_RANGE[1],
                          blocks=blocks)
         self.lllite = LLLiteRunner(adapter, self.size, source=source, compile=compiled)
+
+    def _prompt_set(self, new: Params, tokenize) -> tuple[str, tuple[float, ...], Any]:
+        """`new`'s prompt set (its prompt, or its blend): the set's key, its weights and, only when
+        it is not the set in use (`_tokens`), its tokens from `tokenize` (the one tokenising per
+        change, on the control side; it may raise ParamError, before anything is applied)."""
+        prompts, weights = new.active_blend()
+        key = prompt_set_key(prompts)
+        tokens = None if self._tokens is not None and self._tokens.prompt == key else tokenize(prompts)
+        return key, weights, tokens
+
+    def _remember_weights(self, key: str, weights: tuple[float, ...]) -> None:
+        """Note `weights` as the latest blend weights of prompt set `key` (call it holding `_lock`),
+        newest last: a weight change never re-encodes, the frame loop mixes the set's conditioning
+        with them (`_weights_for`). Only the `WEIGHT_SETS` newest sets are kept."""
+        self._weights_of.pop(key, None)
+        self._weights_of[key] = weights
+        while len(self._weights_of) > WEIGHT_SETS:
+            self._weights_of.pop(next(iter(self._weights_of)))
+
+    def _weights_for(self, key: str, count: int) -> tuple[float, ...]:
+        """The latest weights of the `count` prompts of set `key` (equal ones if none are known)."""
+        with self._lock:
+            return self._weights_of.get(key, (1.0,) * count)
 
     @property
     def params(self) -> Params:

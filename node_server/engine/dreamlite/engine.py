@@ -18,8 +18,8 @@ import torch
 
 from ...errors import ParamError
 from ...progress import step as announce
-from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
-from ..blend import blend_noise, describe_blend, is_passthrough, mix_conditioning, prompt_set_key, prompts_of_key
+from ..base import EngineBase, FrameOut, with_model_defaults
+from ..blend import blend_noise, describe_blend, is_passthrough, mix_conditioning, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames
 from ..params import Params
@@ -96,19 +96,14 @@ class StreamEngine(EngineBase):
         on `lllite_blocks` (all, or a comma list of down, mid, up). `encoder_device`: where the
         multimodal encoder runs (default: `device`; e.g. a second GPU). `unet_compile_mode`: an
         Inductor mode for the U-Net step alone (a benchmark lever; see engine/dreamlite/graphs.py)."""
-        if compile not in COMPILE_MODES:
-            raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self._place(bundle, size, device, dtype, encoder_device)
+        mode = self._resolve_compile(compile)
         self.streams = Streams(self.device)
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
         use_aligned_heads(self.unet)  # masked cross-attention on a fused kernel (see engine/dreamlite/attention.py)
         self.denoiser = Denoiser(self.unet, self.vae, self.size, self.dtype)
-        mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
-        if mode != "off" and self.device.type != "cuda":
-            raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
-        self.compile_mode = mode
         self._say = lambda text: announce(text, enabled=progress)
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
@@ -164,11 +159,7 @@ class StreamEngine(EngineBase):
 
     def _apply(self, new: Params) -> Params:
         new = self._cap_strength(new)
-        prompts, weights = new.active_blend()
-        key = prompt_set_key(prompts)
-        tokens = None
-        if self._tokens.prompt != key:
-            tokens = self.prompt_sets.tokenize(prompts)  # may raise ParamError: nothing applied yet
+        key, weights, tokens = self._prompt_set(new, self.prompt_sets.tokenize)
         schedule = self._schedule
         if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
             schedule = flow_schedule(self.bundle.scheduler, new.steps, self._schedule_strength(new.strength),
@@ -183,10 +174,7 @@ class StreamEngine(EngineBase):
             if tokens is not None:
                 self._tokens = tokens
                 self._prompt_dirty = True
-            self._weights_of.pop(key, None)
-            self._weights_of[key] = weights  # newest last; the oldest sets are forgotten
-            while len(self._weights_of) > 64:
-                self._weights_of.pop(next(iter(self._weights_of)))
+            self._remember_weights(key, weights)
             if new.refresh != old.refresh and new.refresh.kind != "on-change":
                 self._batches = 0
             self._schedule = schedule
@@ -268,8 +256,7 @@ class StreamEngine(EngineBase):
         prompts = prompts_of_key(cond.prompt)
         if len(prompts) == 1:
             return cond.embeds, cond.mask, cond.prompt
-        with self._lock:
-            weights = self._weights_of.get(cond.prompt, (1.0,) * len(prompts))
+        weights = self._weights_for(cond.prompt, len(prompts))
         key = (cond.version, weights)
         if self._mixed is None or self._mixed[0] != key:
             embeds, mask = mix_conditioning(cond.embeds, cond.mask, weights)

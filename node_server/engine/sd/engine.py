@@ -36,8 +36,8 @@ import torch
 from ...errors import ParamError
 from ...progress import step as announce
 from ...quiet import quiet_diffusers
-from ..base import COMPILE_MODES, EngineBase, FrameOut, with_model_defaults
-from ..blend import blend_noise, describe_blend, is_passthrough, prompt_set_key, prompts_of_key
+from ..base import EngineBase, FrameOut, with_model_defaults
+from ..blend import blend_noise, describe_blend, is_passthrough, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames, to_uint8_hwc
 from ..params import Params
@@ -207,9 +207,8 @@ class SDStreamEngine(EngineBase):
                  lllite=None, lllite_blocks=None, lllite_source: str = "temporal", encoder_device=None,
                  **_ignored):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
-        if compile not in COMPILE_MODES:
-            raise ParamError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         self._place(bundle, size, device, dtype, encoder_device)
+        mode = self._resolve_compile(compile)
         self.scheduler = self._pick_scheduler(bundle.scheduler, scheduler)
         self.kind = _scheduler_kind(self.scheduler)
         self.num_inference_steps = int(num_inference_steps)
@@ -227,17 +226,14 @@ class SDStreamEngine(EngineBase):
         self.channels = int(self.unet.config.in_channels)
         self.den = SDDenoiser(self.unet, self.vae, self.dtype)
         self.encoder = ClipPromptEncoder(self.text_encoder, bundle.tokenizer, self.encoder_device, self.dtype)
-        self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
-        mode = compile if compile != "auto" else ("default" if self.device.type == "cuda" else "off")
-        if mode != "off" and self.device.type != "cuda":
-            raise ParamError("compile", f"{mode} needs a CUDA device; use auto or off on {self.device}")
-        self.compile_mode = mode
         if lllite is not None and self.stream_batch:
             raise ParamError("lllite", "a ControlNet-LLLite adapter cannot run with stream batch (rows of "
                              "different frames share one U-Net call); turn stream batch off")
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=False,
                             compiled=mode in ("default", "max-autotune"))
         self._graphs = _SDGraphs(self.den, self.device, mode, progress) if mode != "off" else None
+        # the worker's thread starts last, so a choice refused above leaves no thread behind
+        self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)
 
         self._lock = threading.Lock()
         self._params = Params()
@@ -288,11 +284,7 @@ class SDStreamEngine(EngineBase):
 
     def _apply(self, new: Params) -> Params:
         new = self._cap_strength(new)
-        prompts, weights = new.active_blend()
-        key = prompt_set_key(prompts)
-        tokens = None
-        if self._tokens is None or self._tokens.prompt != key:
-            tokens = self.encoder.tokenize(prompts)
+        key, weights, tokens = self._prompt_set(new, self.encoder.tokenize)
         schedule = self._schedule
         if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
             indices = self.fixed_indices or t_index_list(new.steps, self._schedule_strength(new.strength),
@@ -309,10 +301,7 @@ class SDStreamEngine(EngineBase):
             if tokens is not None:
                 self._tokens = tokens
                 self._dirty = True
-            self._weights_of.pop(key, None)
-            self._weights_of[key] = weights  # newest last; the oldest sets are forgotten
-            while len(self._weights_of) > 64:
-                self._weights_of.pop(next(iter(self._weights_of)))
+            self._remember_weights(key, weights)
             self._schedule = schedule
             self._noise_cpu, self._seed_key = noise, seed_key
             if new.seed_mode == "per-frame" and (old.seed_mode != "per-frame" or old.seed != new.seed
@@ -372,8 +361,7 @@ class SDStreamEngine(EngineBase):
                 self._dirty = True
             raise
         prompts = prompts_of_key(cond.prompt)
-        with self._lock:
-            weights = self._weights_of.get(cond.prompt, (1.0,) * len(prompts))
+        weights = self._weights_for(cond.prompt, len(prompts))
         key = (cond.version, weights, rows)
         if self._cond is None or cond.version != self._cond.version:
             self.streams.wait(cond.event)

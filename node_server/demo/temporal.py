@@ -22,9 +22,10 @@ The paper's metrics (dreamlite-stream's `metrics.py`), over consecutive frame pa
 
 Pairs across a cut are left out of all three (there is no motion to follow). Beside them: the
 input's own numbers (the floor: interpolation, noise and exposure changes), the classical
-targets' (the styles as operations, frame by frame), and the style error (mean absolute error
-0..1 of each output against its frame's target), so a lower flicker bought with a worse picture
-shows.
+targets' (the styles as operations, frame by frame), the targets' through the model's
+autoencoder alone (encode and decode: how much flicker the tiny autoencoder adds to a stable
+sequence, which no U-Net adapter can take out), and the style error (mean absolute error 0..1 of
+each output against its frame's target), so a lower flicker bought with a worse picture shows.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class MovingSequence:
     name: str
     frames: list  # [3,H,W] float tensors in [0,1]
     pairs: list  # per (t, t+1): (grid [H,W,2] into frame t+1, visible [H,W] bool), or None across a cut
+    flows: dict = field(default_factory=dict)  # the engine's flow estimate per pair, computed once
 
 
 def _px(size: int) -> float:
@@ -192,8 +194,9 @@ def flicker(seq: MovingSequence, outputs, flow=None) -> Flicker:
         err = (back - a).abs().mean(0)
         we += float(err[visible].mean()) if bool(visible.any()) else 0.0
         with torch.no_grad():
-            est = flow.flow(seq.frames[t].unsqueeze(0), seq.frames[t + 1].unsqueeze(0))
-            back_est = flow.warp(b.unsqueeze(0), est)[0]
+            if t not in seq.flows:
+                seq.flows[t] = flow.flow(seq.frames[t].unsqueeze(0), seq.frames[t + 1].unsqueeze(0))
+            back_est = flow.warp(b.unsqueeze(0), seq.flows[t])[0]
         we_flow += float((back_est - a).abs().mean())
         l1 += float((b - a).abs().mean())
         n += 1
@@ -269,12 +272,27 @@ def run_sequence(engine, seq: MovingSequence, prompt: str, refresh: int = 1) -> 
     return out
 
 
+def round_trip(vae, image: torch.Tensor) -> torch.Tensor:
+    """`image` ([3,H,W] in [0,1]) through the model's autoencoder (encode, decode, to 8 bits): the
+    best the model could draw of it, and what the autoencoder alone does to a stable sequence."""
+    with torch.no_grad():
+        z = vae.encode(image.unsqueeze(0).to(next(vae.parameters()).dtype) * 2 - 1).latents
+        out = (vae.decode(z).sample[0].float().clamp(-1, 1) + 1) / 2
+    return (out * 255).round() / 255
+
+
 def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: str = "demo",
             lllite: Optional[str] = None, refresh: Sequence[int] = REFRESH, device: str = "cpu",
-            blocks: Optional[str] = None, log=print, keep: Optional[dict] = None) -> dict:
-    """table[style][config] = Row summary, configs: input, target, base, and lllite r<N> per refresh.
+            blocks: Optional[str] = None, log=print, keep: Optional[dict] = None, autoencoder: bool = False) -> dict:
+    """table[style][config] = Row summary, configs: input, target, base, and lllite r<N> per refresh
+    (and `autoencoder`: the targets through the model's autoencoder, see `round_trip`).
     `keep` (a dict) collects every output: keep[(config, style, sequence name)] = frames."""
     flow = _flow_warp(sequences[0].frames[0].shape[-1])
+    vae = None
+    if autoencoder:
+        from ..models import load_model
+
+        vae = load_model(model, device=device, dtype=torch.float32, progress=False).vae
     targets = {}
     rows: dict = {s: {} for s in styles}
     for s in styles:
@@ -284,6 +302,9 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
             targets[(s, seq.name)] = tg
             rows[s].setdefault("target", Row()).add(flicker(seq, tg, flow), 0.0)
             rows[s].setdefault("input", Row()).add(flicker(seq, seq.frames, flow), style_error(seq.frames, tg))
+            if vae is not None:
+                rt = [round_trip(vae, t) for t in tg]
+                rows[s].setdefault("autoencoder", Row()).add(flicker(seq, rt, flow), style_error(rt, tg))
     configs = [("base", None, 1)] + ([(f"lllite r{r}", lllite, r) for r in refresh] if lllite else [])
     engines = {}
     try:
@@ -317,7 +338,7 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
 def markdown(table: dict, refresh: Sequence[int] = REFRESH) -> str:
     """Two tables: per style the warping error of every configuration and the change with the
     adapter; then every metric averaged over the styles."""
-    configs = ["input", "target", "base"] + [f"lllite r{r}" for r in refresh]
+    configs = ["input", "target", "autoencoder", "base"] + [f"lllite r{r}" for r in refresh]
     styles = list(table)
     have = [c for c in configs if all(c in table[s] for s in styles)]
     head = "| style | " + " | ".join(have) + " | change (r1) | style error base / r1 |"
@@ -417,7 +438,7 @@ def main(argv=None) -> int:
         keep = _Only()
     start = time.perf_counter()
     table = measure(sequences, styles, model=args.model, lllite=args.lllite, refresh=refresh,
-                    blocks=args.lllite_blocks, keep=keep, log=lambda m: print(m, flush=True))
+                    blocks=args.lllite_blocks, keep=keep, log=lambda m: print(m, flush=True), autoencoder=True)
     print(f"measured in {time.perf_counter() - start:.0f} s", flush=True)
     print(markdown(table, refresh))
     if args.json:

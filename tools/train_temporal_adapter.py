@@ -18,12 +18,12 @@ current frame as its conditioning image, to produce the current frame's target. 
   the previous frame warped by the true motion (what the engine feeds back; from the same noise,
   strength and prompt conditioning as the current frame, half of the rows from the engine's own
   seed-0 noise, which is fixed in screen space); the previous target warped by the true motion or
-  by the engine's own optical flow (`engine/flow.py`), sometimes softened and noised; and the
+  by the engine's own optical flow (`engine/lllite/flow.py`), sometimes softened and noised; and the
   cases where following it would be wrong: the current frame itself (the engine's first frame),
   another picture's target (a cut) and the previous frame in another style (a prompt change).
-- **The engine's own regime**: the U-Net step, latent layout and decode are `engine/denoiser.py`'s
+- **The engine's own regime**: the U-Net step, latent layout and decode are `engine/dreamlite/denoiser.py`'s
   (`start_latents`, `unet_step`), at the engine's schedule for a strength drawn from the demo's
-  training strengths; the adapter is the engine's own in-tree `LLLite` (`engine/lllite.py`), its
+  training strengths; the adapter is the engine's own in-tree `LLLite` (`engine/lllite/adapter.py`), its
   embeddings on the target half of the side-by-side latent, zero on the source half. By default
   it hooks the mid and up blocks (nearest the output; the backward pass stops at the mid block,
   about 2.5 times cheaper per step on the CPU than all blocks).
@@ -115,7 +115,7 @@ def autocast(args):
 def fresh_adapter(unet, args):
     """The engine's `LLLite` on the U-Net with new weights, initialised as dreamlite-lllite does:
     PyTorch's default init, `up` zero (the adapter starts as a no-op: the model as shipped)."""
-    from node_server.engine.lllite import LLLite
+    from node_server.engine.lllite.adapter import LLLite
     from node_server.models.lllite_file import synth_hooks
 
     hooks = synth_hooks(unet, blocks=args.blocks, cond_dim=args.cond_dim, mlp_dim=args.mlp_dim, seed=args.seed)
@@ -151,7 +151,7 @@ def set_embeddings(adapter, embeddings) -> None:
 
 
 def save_adapter(adapter, path, args, step: int) -> Path:
-    from node_server.engine.lllite import HookWeights
+    from node_server.engine.lllite.adapter import HookWeights
     from node_server.models.lllite_file import write_lllite
 
     def tensor(key, value):
@@ -254,10 +254,10 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     rng = random.Random(args.seed + 7)
 
-    from node_server.engine.denoiser import Denoiser
-    from node_server.engine.encoder import PromptEncoder
-    from node_server.engine.engine import flow_schedule
-    from node_server.engine.lllite_runner import _flow_for
+    from node_server.engine.dreamlite.denoiser import Denoiser
+    from node_server.engine.dreamlite.encoder import PromptEncoder
+    from node_server.engine.dreamlite.engine import flow_schedule
+    from node_server.engine.lllite.runner import _flow_for
     from node_server.models import load_model
 
     bundle = load_model(args.model, device=device, dtype=torch.float32, progress=False)

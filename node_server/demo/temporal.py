@@ -31,6 +31,7 @@ each output against its frame's target), so a lower flicker bought with a worse 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -275,17 +276,20 @@ def run_sequence(engine, seq: MovingSequence, prompt: str, refresh: int = 1) -> 
 def round_trip(vae, image: torch.Tensor) -> torch.Tensor:
     """`image` ([3,H,W] in [0,1]) through the model's autoencoder (encode, decode, to 8 bits): the
     best the model could draw of it, and what the autoencoder alone does to a stable sequence."""
+    weight = next(vae.parameters())
     with torch.no_grad():
-        z = vae.encode(image.unsqueeze(0).to(next(vae.parameters()).dtype) * 2 - 1).latents
+        z = vae.encode(image.unsqueeze(0).to(weight.device, weight.dtype) * 2 - 1).latents
         out = (vae.decode(z).sample[0].float().clamp(-1, 1) + 1) / 2
-    return (out * 255).round() / 255
+    return ((out * 255).round() / 255).cpu()
 
 
 def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: str = "demo",
             lllite: Optional[str] = None, refresh: Sequence[int] = REFRESH, device: str = "cpu",
-            blocks: Optional[str] = None, log=print, keep: Optional[dict] = None, autoencoder: bool = False) -> dict:
+            blocks: Optional[str] = None, log=print, keep: Optional[dict] = None, autoencoder: bool = False,
+            strength: float = 1.0) -> dict:
     """table[style][config] = Row summary, configs: input, target, base, and lllite r<N> per refresh
-    (and `autoencoder`: the targets through the model's autoencoder, see `round_trip`).
+    (and `autoencoder`: the targets through the model's autoencoder, see `round_trip`); `strength`:
+    the adapter's run-time strength (`--lllite-strength`).
     `keep` (a dict) collects every output: keep[(config, style, sequence name)] = frames."""
     flow = _flow_warp(sequences[0].frames[0].shape[-1])
     vae = None
@@ -316,6 +320,8 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
                 engines = {key: build(model, adapter, size=sequences[0].frames[0].shape[-1], device=device,
                                       blocks=blocks)}
             engine = engines[key]
+            if adapter and engine.params.lllite_strength != strength:
+                engine.set_params(lllite_strength=strength)
             for s in styles:
                 prompt = style_by_name(s).prompt
                 start = time.perf_counter()
@@ -403,9 +409,13 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the engine and the "
+                   "autoencoder run (the metrics are computed on the CPU)")
     p.add_argument("--lllite", default=None, metavar="FILE", help="the adapter (a file or demo-temporal); "
                    "without it only the model without an adapter is measured")
     p.add_argument("--lllite-blocks", default=None)
+    p.add_argument("--lllite-strength", type=float, default=1.0,
+                   help="the adapter's strength (as serve's --lllite-strength, 0..2; default 1)")
     p.add_argument("--refresh", default=",".join(map(str, REFRESH)), help="refresh periods, in batches")
     p.add_argument("--styles", default="all", help="comma list of demo styles, or all")
     p.add_argument("--kinds", default=",".join(KINDS), help="comma list of sequence kinds")
@@ -420,6 +430,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     styles = [s.name for s in STYLES] if args.styles == "all" else [style_by_name(s).name for s in args.styles.split(",")]
     refresh = tuple(int(r) for r in args.refresh.split(",") if r)
+    from ..engine.params import LLLITE_STRENGTH_RANGE
+
+    if not LLLITE_STRENGTH_RANGE[0] <= args.lllite_strength <= LLLITE_STRENGTH_RANGE[1]:
+        raise SystemExit(f"--lllite-strength must be in {LLLITE_STRENGTH_RANGE[0]}..{LLLITE_STRENGTH_RANGE[1]}")
     kinds = [k for k in args.kinds.split(",") if k]
     for k in kinds:
         if k not in KINDS:
@@ -438,12 +452,17 @@ def main(argv=None) -> int:
         keep = _Only()
     start = time.perf_counter()
     table = measure(sequences, styles, model=args.model, lllite=args.lllite, refresh=refresh,
-                    blocks=args.lllite_blocks, keep=keep, log=lambda m: print(m, flush=True), autoencoder=True)
-    print(f"measured in {time.perf_counter() - start:.0f} s", flush=True)
+                    device=args.device, blocks=args.lllite_blocks, strength=args.lllite_strength, keep=keep, log=lambda m: print(m, flush=True), autoencoder=True)
+    seconds = time.perf_counter() - start
+    print(f"measured in {seconds:.0f} s", flush=True)
     print(markdown(table, refresh))
     if args.json:
+        import platform
+
         Path(args.json).write_text(json.dumps({"command": "python -m node_server.demo.temporal " + " ".join(
-            sys.argv[1:] if argv is None else argv), "table": table}, indent=2) + "\n")
+            sys.argv[1:] if argv is None else argv), "device": args.device, "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(seconds), "table": table}, indent=2) + "\n")
     if args.strips:
         strip_styles = [s for s in args.strip_styles.split(",") if s in styles]
         for path in write_strips(keep, sequences, args.strips, strip_styles, args.strip_sequence):

@@ -368,7 +368,8 @@ def test_bad_size_or_prompt_in_the_config_file_is_one_line(tmp_path, text, reaso
 
 
 def test_a_start_prompt_wins_over_the_start_presets(tiny_bundle, tmp_path):
-    app = start(capped(tiny_bundle), preset="pixel-art", prompt="turn it into a blueprint drawing",
+    (tmp_path / "low.toml").write_text('prompt = "make it an old sepia photograph"\nstrength = 0.05\n')
+    app = start(capped(tiny_bundle), preset="low", prompt="turn it into a blueprint drawing",
                 presets_dir=str(tmp_path))
     try:
         params = app.current_params()

@@ -11,7 +11,7 @@ a button:
     mod('osc_out').send_prompt(op('oscout1'), 'make it an old sepia photograph')
     mod('osc_out').send_params(op('oscout1'), strength=0.06, seed=3)
 
-The default demo model knows the ten styles in DEMO_PRESETS (one preset each) and only works at
+The default demo model knows the nine styles in DEMO_PRESETS (one preset each) and only works at
 low strengths: 0.05 by default, at most 0.08 (a higher /strength runs at 0.08). Other models take
 any prompt and strengths up to 1.
 
@@ -27,8 +27,8 @@ prefix='/ns' below and rename the CHOP channels the same way.
 
 CHOP_CHANNELS = ("/strength", "/seed", "/steps", "/pause")
 # the default demo model's presets (presets/*.toml): recall_preset(dat, name)
-DEMO_PRESETS = ("pencil-sketch", "sepia", "blueprint", "thermal", "pixel-art", "invert", "watercolor",
-                "neon", "night-vision", "emboss")
+DEMO_PRESETS = ("pencil-sketch", "sepia", "blueprint", "thermal", "invert", "watercolor", "neon",
+                "night-vision", "emboss")
 
 
 def _addr(prefix, address):

@@ -643,7 +643,7 @@ def test_osc_helpers_send_addresses_the_server_knows():
 def test_demo_presets_named_by_the_kit_exist_and_suit_the_demo_model():
     osc = load_kit_module(KIT / "osc_out.py", "osc_out")
     demo = json.loads((ROOT / "node_server/models/demo/node_server.json").read_text())
-    assert len(osc.DEMO_PRESETS) == 10
+    assert len(osc.DEMO_PRESETS) == 9
     for name in osc.DEMO_PRESETS:
         preset = tomllib.loads((ROOT / "presets" / f"{name}.toml").read_text())
         assert 0 < preset["strength"] <= demo["max_strength"], name

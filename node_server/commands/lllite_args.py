@@ -9,7 +9,8 @@ import argparse
 def add_lllite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lllite", default=None, metavar="FILE",
                    help="a ControlNet-LLLite .safetensors adapter for the model's U-Net (dreamlite-lllite's format "
-                        "for DreamLite, kohya-ss's for SD; node-server synth-lllite writes a random one)")
+                        "for DreamLite, kohya-ss's for SD; node-server synth-lllite writes a random one), or "
+                        "demo-temporal: the demo model's trained temporal adapter (less flicker on moving video)")
     p.add_argument("--lllite-blocks", default=None, metavar="BLOCKS",
                    help="hook only these parts of the adapter: all (default) or a comma list of down, mid, up "
                         "(the paper's runtime: down)")

@@ -256,7 +256,7 @@ CONTROLS: tuple[Control, ...] = (
     Control(
         "/prompt", "string", "s", "s", f"0..{PROMPT_MAX_CHARS} characters (longer is an error)",
         "Edit instruction for the model, e.g. \"make it an old sepia photograph\" (the demo model "
-        "knows the ten styles of its presets). Re-encoded once when it changes; the new look appears "
+        "knows the nine styles of its presets). Re-encoded once when it changes; the new look appears "
         "when its conditioning is ready (watch `/status/prompt`). Empty (the default at start) means "
         "no edit: frames pass through unchanged (cropped and resized to the output size).",
         default="", param="prompt", max_chars=PROMPT_MAX_CHARS,

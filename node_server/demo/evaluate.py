@@ -54,24 +54,56 @@ def mae_table(outputs: dict[str, list[np.ndarray]], images: list[torch.Tensor]) 
     return table
 
 
-def stylize_all(engine, images: list[torch.Tensor]) -> dict[str, list[np.ndarray]]:
-    """Every style's preset prompt applied to every image."""
-    frames = [to_uint8(img) for img in images]
-    return {s.name: [render(engine, f, s.prompt, frame_id=i) for i, f in enumerate(frames)] for s in STYLES}
+def render_still(engine, image: np.ndarray, prompt: str, frames: int = 1) -> np.ndarray:
+    """A still picture shown for `frames` frames with `prompt`: the last output. Without an
+    adapter every frame is the same. With a temporal adapter the first frame is conditioned on
+    the picture itself and each later one on the previous output (the steady state of a still)."""
+    out = render(engine, image, prompt)
+    if engine.lllite is None:
+        return out
+    engine.lllite.reset()  # the picture starts afresh, as a clip's first frame
+    for i in range(frames):
+        out = engine.step([image], [i])[0].image
+    return out
+
+
+def stylize_all(engine, images: list[torch.Tensor], frames: int = 1) -> dict[str, list[np.ndarray]]:
+    """Every style's preset prompt applied to every image (`frames`: see `render_still`)."""
+    stills = [to_uint8(img) for img in images]
+    return {s.name: [render_still(engine, f, s.prompt, frames) for f in stills] for s in STYLES}
+
+
+def block_grid_ratio(img: torch.Tensor, block: int = 8) -> float:
+    """How strongly `img` ([3,H,W]) shows a pixel grid of `block`-pixel cells: the mean absolute
+    step between neighbouring pixels across cell borders over the mean step inside cells, along
+    both axes. About 1 for a photo; very large for clean pixel art (flat cells)."""
+    g = img.float().mean(0)
+    ratios = []
+    for d in ((g[:, 1:] - g[:, :-1]).abs().mean(0), (g[1:, :] - g[:-1, :]).abs().mean(1)):
+        border = (torch.arange(d.shape[0]) % block) == block - 1
+        ratios.append(float(d[border].mean() / d[~border].mean().clamp_min(1e-6)))
+    return float(np.mean(ratios))
 
 
 def evaluate_folder(folder, *, device="cpu", images: list[torch.Tensor], encoder_image_size: int = 512,
-                    verbose: bool = True) -> dict:
-    """Load `folder` with the server's loader and print/return the error table."""
+                    verbose: bool = True, lllite=None, frames: int = 1) -> dict:
+    """Load `folder` with the server's loader and print/return the error table (with `lllite`,
+    an adapter file or `demo-temporal`, each still shown for `frames` frames)."""
     from ..engine.dreamlite.engine import StreamEngine
     from ..models.loader import load_folder
 
     bundle = load_folder(Path(folder), device=torch.device("cpu"), dtype=torch.float32, progress=False)
-    with StreamEngine(bundle, size=EVAL_SIZE, encoder_image_size=encoder_image_size) as engine:
-        table = mae_table(stylize_all(engine, images), images)
+    if lllite is not None:
+        from ..models.lllite_file import resolve_adapter
+
+        lllite = str(resolve_adapter(lllite))
+    with StreamEngine(bundle, size=EVAL_SIZE, encoder_image_size=encoder_image_size, lllite=lllite) as engine:
+        table = mae_table(stylize_all(engine, images, frames), images)
     report = {}
     if verbose:
-        print(f"held-out evaluation (MAE 0..1, {EVAL_SIZE}px, 1 step, strength {engine.params.strength}, seed 0):", flush=True)
+        extra = f", adapter {lllite}, still for {frames} frame(s)" if lllite else ""
+        print(f"held-out evaluation (MAE 0..1, {EVAL_SIZE}px, 1 step, strength {engine.params.strength}, seed 0"
+              f"{extra}):", flush=True)
         print(f"{'style':14s} {'own':>6s} {'next best':>22s} ratio", flush=True)
     for name, row in table.items():
         own = row[name]
@@ -122,10 +154,14 @@ def main(argv=None) -> int:
     p.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "tests" / "data"),
                    help="folder of held-out PNGs (default tests/data)")
     p.add_argument("--examples", default=None, metavar="DIR", help="also write example sheets here")
+    p.add_argument("--lllite", default=None, metavar="FILE",
+                   help="with this adapter (a file or demo-temporal): the still-picture quality with it")
+    p.add_argument("--frames", type=int, default=1,
+                   help="with --lllite: show each still this many frames and judge the last (default 1)")
     args = p.parse_args(argv)
     paths = sorted(Path(args.images).glob("*.png"))
     images = [to_float(np.asarray(Image.open(q).convert("RGB"))) for q in paths]
-    evaluate_folder(args.folder, images=images)
+    evaluate_folder(args.folder, images=images, lllite=args.lllite, frames=args.frames)
     if args.examples:
         for path in write_examples(args.folder, args.examples, images, [q.stem for q in paths]):
             print(f"wrote {path}")

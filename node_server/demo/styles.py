@@ -3,7 +3,12 @@ when the instruction asks for it.
 
 A style is deterministic, so it doubles as the ground truth for the semantic tests: the model's
 output for a held-out photo is compared with the operation applied to that photo. Operations work in
-pixel units (8-pixel art blocks, 1-pixel edges) on `[N, 3, H, W]` floats in [0, 1].
+pixel units (1-pixel edges, blurs in pixels) on `[N, 3, H, W]` floats in [0, 1].
+
+The shipped model was trained with a tenth style, `pixel-art` (8x8 block means in five levels per
+channel). It is not offered: on photos the model drew a blurred copy with no pixel grid (see
+`evaluate.block_grid_ratio` and docs/DEMO_MODEL.md, Styles), so it left this list, its preset and
+the docs; a model trained from this list no longer learns it.
 """
 
 from __future__ import annotations
@@ -81,14 +86,6 @@ def thermal(x: torch.Tensor) -> torch.Tensor:
     return ops.colormap(ops.gaussian_blur(ops.luminance(x), 1.5), THERMAL_STOPS)
 
 
-def pixel_art(x: torch.Tensor) -> torch.Tensor:
-    """8x8-pixel blocks of the block's mean colour, five levels per channel."""
-    h, w = x.shape[-2:]
-    small = F.avg_pool2d(x, 8, ceil_mode=True)
-    small = torch.round(ops.saturate(small, 1.3) * 4) / 4
-    return F.interpolate(small, scale_factor=8, mode="nearest")[..., :h, :w]
-
-
 def invert(x: torch.Tensor) -> torch.Tensor:
     """The colour negative."""
     return 1 - x
@@ -148,9 +145,6 @@ STYLES: tuple[Style, ...] = (
     Style("thermal", "Thermal camera: blue cold, yellow hot",
           ("make it look like a thermal camera image", "thermal", "thermal camera", "infrared heat vision",
            "show it as a heat map, cold blue and hot yellow"), thermal),
-    Style("pixel-art", "Retro pixel art in 8-pixel blocks",
-          ("convert it into retro pixel art", "pixel art", "pixelate it", "8-bit video game style",
-           "make it blocky like an old video game"), pixel_art),
     Style("invert", "Colour negative",
           ("invert the colours like a film negative", "invert", "negative", "invert the colors",
            "make it a photo negative"), invert),

@@ -40,6 +40,22 @@ _DREAMLITE_RE = re.compile(r"^modules_dict\.([A-Za-z0-9_]+)\.((?:conditioning1|d
 DEFAULT_TARGETS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn2.to_q")
 MAX_CONV_LAYERS = 8  # a CNN deeper than this (stride 4^8) fits no frame
 _METADATA_INTS = ("cond_emb_dim", "mlp_dim", "cond_image_size")
+# Adapters shipped inside the package, by the name `--lllite` takes for them.
+BUILTIN_ADAPTERS = {
+    # the demo model's temporal adapter (tools/train_temporal_adapter.py, docs/DEMO_MODEL.md)
+    "demo-temporal": Path(__file__).resolve().parent / "demo_temporal" / "adapter.safetensors",
+}
+
+
+def resolve_adapter(spec: "str | os.PathLike") -> Path:
+    """A `--lllite` value as a file: a built-in adapter's name (`demo-temporal`) or a path."""
+    text = os.fspath(spec)
+    if text in BUILTIN_ADAPTERS:
+        path = BUILTIN_ADAPTERS[text]
+        if not path.is_file():
+            raise ModelLoadError(f"the built-in adapter {text} is missing ({path}); reinstall the package")
+        return path
+    return Path(text).expanduser()
 
 
 def default_format(unet: nn.Module) -> str:
@@ -89,8 +105,9 @@ def module_names(unet: nn.Module) -> dict[str, str]:
 
 # -- reading ---------------------------------------------------------------------------------
 def read_lllite(path: "str | os.PathLike", unet: nn.Module) -> list[HookWeights]:
-    """The adapter modules in a file, each resolved to the U-Net module it hooks and checked."""
-    path = Path(path)
+    """The adapter modules in a file (or a built-in adapter, by name), each resolved to the U-Net
+    module it hooks and checked."""
+    path = resolve_adapter(path)
     if not path.is_file():
         raise ModelLoadError(f"LLLite file not found: {path}")
     try:

@@ -3,7 +3,6 @@ before a model loads, then split into the engine's build keywords and its run-ti
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
@@ -20,11 +19,12 @@ def check_lllite(values: dict[str, Any]) -> None:
         if given:
             raise ModelLoadError(f"--{given[0].replace('_', '-')} needs --lllite FILE")
         return
-    if not Path(file).expanduser().is_file():
-        raise ModelLoadError(f"LLLite file not found: {file}")
-    from ..models.lllite_file import probe_lllite
+    from ..models.lllite_file import probe_lllite, resolve_adapter
 
-    probe_lllite(Path(file).expanduser())  # not an adapter file: fail now, not after the model loads
+    path = resolve_adapter(file)  # a file, or a built-in adapter's name (demo-temporal)
+    if not path.is_file():
+        raise ModelLoadError(f"LLLite file not found: {file}")
+    probe_lllite(path)  # not an adapter file: fail now, not after the model loads
     parse_blocks(values.get("lllite_blocks"))
     source = values.get("lllite_source")
     if source is not None and source not in ("temporal", "frame"):
@@ -35,7 +35,9 @@ def engine_options(values: dict[str, Any]) -> dict[str, Any]:
     """`build_engine` keywords for the adapter (empty without one)."""
     if values.get("lllite") is None:
         return {}
-    return {"lllite": str(Path(values["lllite"]).expanduser()), "lllite_blocks": values.get("lllite_blocks"),
+    from ..models.lllite_file import resolve_adapter
+
+    return {"lllite": str(resolve_adapter(values["lllite"])), "lllite_blocks": values.get("lllite_blocks"),
             "lllite_source": values.get("lllite_source") or "temporal"}
 
 

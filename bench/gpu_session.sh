@@ -8,10 +8,12 @@
 #   bash bench/gpu_session.sh checks     # the CUDA tests, then point L with a paper-size adapter
 #   bash bench/gpu_session.sh final      # I,C,S,P with the breakdown, then a short GPU soak
 #   bash bench/gpu_session.sh two-gpu    # two GPUs: the two-GPU test, P and L with the encoder on cuda:1
-#   bash bench/gpu_session.sh release    # a whole device session (GPU_SESSION_BUDGET, e.g. 1500 s): the
-#                                        # CUDA tests, I,C,S,P,L with the U-Net profile and the
-#                                        # StreamDiffusion race, a GPU soak, the NDI hop, the console's cost; run it
-#                                        # detached across calls with bench/gpu_detached.sh
+#   bash bench/gpu_session.sh release    # a whole device session (GPU_SESSION_BUDGET, e.g. 1450 s):
+#                                        # I,C,S,P,L with the U-Net profile and the StreamDiffusion
+#                                        # race, the CUDA tests, C and P on SM partitions, P and L at
+#                                        # encoder 256; run it detached across calls with
+#                                        # bench/gpu_detached.sh
+#   bash bench/gpu_session.sh io         # a GPU soak, the NDI hop, the console's cost
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
 # to /tmp/site first. Everything comes back under $OUT (at most 8 files): session.log (each part's
@@ -97,14 +99,19 @@ elif [ "$MODE" = "final" ]; then
   part soak 220 $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
     --minutes "${SOAK_MINUTES:-2}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
 elif [ "$MODE" = "release" ]; then
-  part tests 420 $PY -m pytest tests -v -p no:cacheprovider -rA --tb=short \
+  # issue 19's run first (all five points and the race in one bench run), then the CUDA tests,
+  # then the levers on a filled Inductor cache: the encoder on SM partitions, the encoder at 256
+  bench main 1000 --points I,C,S,P,L --frames 480 --profile-unet --peers
+  part tests 360 $PY -m pytest tests -v -p no:cacheprovider -rA --tb=short \
     --continue-on-collection-errors -k "cuda or gpu"
-  bench main 840 --points I,C,S,P,L --frames 480 --profile-unet --peers
+  bench sms 240 --points C,P --encoder-sms 33,66 --frames 480 --no-breakdown
+  bench enc256 300 --points P,L --encoder-size 256 --frames 480 --no-breakdown
+elif [ "$MODE" = "io" ]; then
+  # the server's I/O on a GPU: a soak on the paper's shapes, the NDI hop, the console's cost
   part soak "${SOAK_LIMIT:-420}" $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \
     --minutes "${SOAK_MINUTES:-4}" --max-stall 1 --json "$WORK/results/soak-gpu.json" --log "$WORK/logs/soak-server.log"
   part ndi 240 $PY -m bench.ndi_hop --model synthetic:paper --size 512 --seconds 20 --out "$WORK/results"
   part console 150 $PY -m bench.console_overhead --model synthetic:paper --device cuda --size 512 --window 10 --rounds 3
-  part unet 200 $PY -m bench.profile_unet --batches 1,8 --variants default,cl
 elif [ "$MODE" = "two-gpu" ]; then
   part tests 150 $PY -m pytest tests -v -p no:cacheprovider -rs --continue-on-collection-errors -k "cuda or gpu"
   bench twogpu 330 --points P,L --encoder-device same,cuda:1 --frames 480 --no-breakdown

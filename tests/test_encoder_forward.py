@@ -138,3 +138,34 @@ def test_no_buckets_runs_the_full_length(tiny_bundle):
                         buckets=None)
     assert enc.buckets == (32,)
     assert enc.tokenize("a").run_length == enc.length
+
+
+def test_compiled_regions_match_eager_and_compile_once_per_shape(tiny_bundle):
+    """With `compile=True` the encoder compiles one vision block and one decoder layer per
+    (batch, bucket), shared by every block and layer (two graphs per shape, whatever the depth),
+    and its output equals the eager forward's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    eager = PromptEncoder(tiny_bundle, torch.device("cpu"), torch.float32, image_size=64,
+                          max_prompt_tokens=32, buckets=(16,))
+    compiled = PromptEncoder(tiny_bundle, torch.device("cpu"), torch.float32, image_size=64,
+                             max_prompt_tokens=32, buckets=(16,), compile=True)
+    assert compiled.shape_bound and not eager.shape_bound
+    forward = compiled.forward
+    assert len(forward.visual.blocks) >= 2 and len(forward.lm.layers) >= 2  # sharing is what is tested
+    torch._dynamo.reset()
+    counters.clear()
+    frames = _frames(2, 3)
+    for prompt in ("ink", "a much longer instruction about neon light and thick brush strokes"):
+        tokens = compiled.tokenize(prompt)
+        out, mask = compiled.encode(tokens, frames)
+        ref, ref_mask = eager.encode(tokens, frames)
+        assert torch.equal(mask, ref_mask)
+        assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), float((out - ref).abs().max())
+    assert tokens.run_length != compiled.tokenize("ink").run_length  # two buckets were run
+    # vision block + decoder layer for the first bucket, a decoder layer for the second (the vision
+    # tower's shapes depend on the batch only)
+    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
+    compiled.encode(compiled.tokenize("ink"), frames)  # a shape seen before compiles nothing
+    assert counters["stats"]["unique_graphs"] == 3

@@ -68,8 +68,9 @@ class PromptEncoder:
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, compile: bool = False,
                  buckets: "tuple[int, ...] | None" = DEFAULT_BUCKETS, prefix_cache: bool = True,
                  graphs: bool = False, model=None):
-        """`compile`: run the fixed-shape forward through `torch.compile` (a GPU option; the first
-        encode of each (batch, bucket) then compiles). `buckets`: prompt lengths an encode runs at
+        """`compile`: run the fixed-shape forward's vision blocks and decoder layers through
+        `torch.compile` (a GPU option; the first encode of each (batch, bucket) then compiles one
+        block and one layer, `FixedShapeEditForward.compile_regions`). `buckets`: prompt lengths an encode runs at
         (None or empty: always the maximum). `prefix_cache`: compute the system prompt's keys and
         values once (used only without gradients: training changes the weights they come from).
         `graphs`: replay each (batch, bucket) from a CUDA graph (CUDA only). `model`: the text
@@ -111,9 +112,10 @@ class PromptEncoder:
         from .encoder_forward import FixedShapeEditForward
 
         self.forward = FixedShapeEditForward(self.model.model, self.grid)
-        if compile:  # one version per (batch, bucket) and encoder instance in the process
+        self.compiled = bool(compile)
+        if compile:  # one version per (batch, bucket) of each region, shared by every encoder
             _allow_recompiles(64)
-        self.compiled = torch.compile(self.forward, dynamic=False) if compile else None
+            self.forward.compile_regions()
         self.graphed = None
         if graphs and self.device.type == "cuda":
             from .graphs import CapturedCalls
@@ -125,7 +127,7 @@ class PromptEncoder:
         """True when the first encode of a new (batch, bucket) compiles and/or captures a CUDA
         graph (seconds on the worker thread, holding the GIL), so every shape a show will use
         belongs in the warm-up (`bucket_probes`); False for the eager forward (the CPU)."""
-        return self.compiled is not None or self.graphed is not None
+        return self.compiled or self.graphed is not None
 
     def bucket_probes(self) -> list[PromptTokens]:
         """One token set per bucket, the empty prompt run at that bucket's length: the exact
@@ -237,8 +239,7 @@ class PromptEncoder:
     def _device_forward(self, frames, ids, attn, positions, index, image_mask, use_prefix: bool = True):
         """Frames and one prompt's token tensors ([n, ...] rows) -> hidden states: what a CUDA
         graph captures per (batch, bucket)."""
-        run = self.compiled if self.compiled is not None else self.forward
-        return run(self._pixels(frames), ids, attn, positions, index, image_mask, use_prefix)
+        return self.forward(self._pixels(frames), ids, attn, positions, index, image_mask, use_prefix)
 
     @torch.no_grad()
     def encode(self, tokens: PromptTokens, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

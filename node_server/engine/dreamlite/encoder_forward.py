@@ -16,6 +16,13 @@ the image is the same for every frame and prompt, and under causal attention its
 depend on nothing after it. `cache_prefix` computes them once (with their own rotary positions);
 a call then runs only the tokens after the prefix, attending to the cached keys first. DeepStack
 features are added at image positions only, which lie after the prefix, so the cache is exact.
+
+`compile_regions` compiles one vision block and one decoder layer rather than the whole forward:
+every block (every layer) has the same code and parameter shapes, so one compiled version per
+(batch, bucket) serves all of them, and a shape compiles in about one block's time instead of
+the tower's (the cold start of a server, which primes every bucket, was minutes). The glue
+between them (patch embedding, gathers, rotary angles, mergers) stays eager; on a GPU the whole
+call is replayed from one CUDA graph anyway.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ class FixedShapeEditForward:
         self.deepstack = list(self.visual.deepstack_visual_indexes)
         self._grid_terms = None  # (pos_embeds [T, D], cos [T, hd], sin [T, hd]) on the model device
         self._prefix = None  # (P, [(keys, values) [1, kv heads, P, head] per layer]) once cached
+        self._block = self._vision_block  # the per-block and per-layer calls (compiled by compile_regions)
+        self._decoder = self._layer
+
+    def compile_regions(self) -> None:
+        """Run every vision block and every decoder layer through one `torch.compile`d function
+        each (fixed shapes: one version per (batch, bucket), shared by all blocks or layers)."""
+        self._block = torch.compile(FixedShapeEditForward._vision_block, dynamic=False)
+        self._decoder = torch.compile(FixedShapeEditForward._layer, dynamic=False)
 
     # -- once per encoder ------------------------------------------------------------------
     @torch.no_grad()
@@ -71,8 +86,6 @@ class FixedShapeEditForward:
     # -- per encode (compiled) -------------------------------------------------------------
     def vision(self, pixel_values: torch.Tensor, n: int):
         """n images' patches -> (merged image tokens [n*Ti, D_out], DeepStack features)."""
-        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
-
         visual = self.visual
         pos, cos, sin = self._grid_terms
         T = self.tokens_per_image
@@ -81,17 +94,25 @@ class FixedShapeEditForward:
         cos_n, sin_n = cos.repeat(n, 1), sin.repeat(n, 1)
         features = []
         for layer, block in enumerate(visual.blocks):
-            attn = block.attn
-            x = block.norm1(hidden)
-            q, k, v = attn.qkv(x).reshape(n * T, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            q, k = apply_rotary_pos_emb_vision(q, k, cos_n, sin_n)
-            q, k, v = (t.reshape(n, T, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling)
-            hidden = hidden + attn.proj(out.transpose(1, 2).reshape(n * T, -1))
-            hidden = hidden + block.mlp(block.norm2(hidden))
+            hidden = self._block(block, hidden, cos_n, sin_n, n)
             if layer in self.deepstack:
                 features.append(visual.deepstack_merger_list[self.deepstack.index(layer)](hidden))
         return visual.merger(hidden), features
+
+    @staticmethod
+    def _vision_block(block, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n: int):
+        """One vision block over n images' patches ([n*T, D]; attention within each image)."""
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+
+        attn = block.attn
+        tokens = hidden.shape[0]
+        x = block.norm1(hidden)
+        q, k, v = attn.qkv(x).reshape(tokens, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        q, k, v = (t.reshape(n, tokens // n, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scaling)
+        hidden = hidden + attn.proj(out.transpose(1, 2).reshape(tokens, -1))
+        return hidden + block.mlp(block.norm2(hidden))
 
     # -- the language model ------------------------------------------------------------------
     @staticmethod
@@ -168,7 +189,7 @@ class FixedShapeEditForward:
             mask = torch.cat([torch.ones(n, 1, L, length, dtype=torch.bool, device=hidden.device), mask], -1)
         rope = lm.rotary_emb(hidden, position_ids)
         for layer, decoder in enumerate(lm.layers):
-            hidden = self._layer(decoder, hidden, rope, mask, None if cache is None else cache[layer])[0]
+            hidden = self._decoder(decoder, hidden, rope, mask, None if cache is None else cache[layer])[0]
             if layer < len(features):
                 hidden = hidden + torch.where(image_mask, placed(features[layer]).to(hidden.dtype), 0)
         return lm.norm(hidden)

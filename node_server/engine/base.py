@@ -129,6 +129,13 @@ class EngineBase:
         """The strength the schedule is built from (already capped by `_cap_strength`)."""
         return min(requested, self.max_strength)
 
+    def _schedule_for(self, new: Params):
+        """The denoising schedule `new` runs: the current one unless its steps or strength
+        changed, else a new one from the family's `_build_schedule(steps, strength)`."""
+        if self._schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
+            return self._build_schedule(new.steps, self._schedule_strength(new.strength))
+        return self._schedule
+
     lllite = None  # an LLLiteRunner when the engine was started with an adapter
 
     def _attach_lllite(self, file, *, blocks=None, source: str = "temporal", edit_layout: bool,

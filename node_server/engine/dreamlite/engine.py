@@ -157,13 +157,13 @@ class StreamEngine(EngineBase):
             self._request_prompt(tokens, frames, new.refresh)
         return new
 
+    def _build_schedule(self, steps: int, strength: float):
+        return flow_schedule(self.bundle.scheduler, steps, strength, self.latent_hw)
+
     def _apply(self, new: Params) -> Params:
         new = self._cap_strength(new)
         key, weights, tokens = self._prompt_set(new, self.prompt_sets.tokenize)
-        schedule = self._schedule
-        if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
-            schedule = flow_schedule(self.bundle.scheduler, new.steps, self._schedule_strength(new.strength),
-                                     self.latent_hw)
+        schedule = self._schedule_for(new)
         seed_key = new.active_seeds()
         noise = self._noise
         if noise is None or seed_key != self._seed_key:

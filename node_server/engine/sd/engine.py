@@ -282,14 +282,14 @@ class SDStreamEngine(EngineBase):
         self._request_if_dirty()
         return new
 
+    def _build_schedule(self, steps: int, strength: float):
+        indices = self.fixed_indices or t_index_list(steps, strength, self.num_inference_steps)
+        return make_schedule(self.scheduler, indices, self.num_inference_steps)
+
     def _apply(self, new: Params) -> Params:
         new = self._cap_strength(new)
         key, weights, tokens = self._prompt_set(new, self.encoder.tokenize)
-        schedule = self._schedule
-        if schedule is None or (new.steps, new.strength) != (self._params.steps, self._params.strength):
-            indices = self.fixed_indices or t_index_list(new.steps, self._schedule_strength(new.strength),
-                                                         self.num_inference_steps)
-            schedule = make_schedule(self.scheduler, indices, self.num_inference_steps)
+        schedule = self._schedule_for(new)
         seeds, seed_weights = new.active_seeds()
         seed_key = (seeds, seed_weights)
         noise = self._noise_cpu

@@ -378,14 +378,15 @@ def run_champion(args, bundle, clip, dtype, variant: Variant) -> dict:
     return r
 
 
-def run_peers(args) -> list[dict]:
-    """StreamDiffusion 0.1.1 and our engine on the same SD-Turbo-shaped model (bench/peer_streamdiffusion)."""
-    rows = []
+def run_peers(args, emit) -> None:
+    """StreamDiffusion 0.1.1 and our engine on the same SD-Turbo-shaped model (bench/peer_streamdiffusion).
+
+    Each row goes to `emit` as soon as it is measured, so a run cut short keeps the rows it has."""
     try:
         from bench import peer_streamdiffusion as peer
     except Exception as exc:
         print(f"peer harness unavailable: {exc!r}", flush=True)
-        return rows
+        return
     for fb in (1, 4):
         for who, fn in (("streamdiffusion-0.1.1", getattr(peer, "run_peer", None)),
                         ("ours-sd", getattr(peer, "run_ours", None))):
@@ -400,10 +401,8 @@ def run_peers(args) -> list[dict]:
                 except Exception as exc:
                     r = {"error": repr(exc)}
                 r.update(point="race" if churn is None else "race-churn", engine=who, batch=fb)
-                print(json.dumps(r), flush=True)
-                rows.append(r)
+                emit(r)
                 torch.cuda.empty_cache()
-    return rows
 
 
 def _normalise(r: dict) -> dict:
@@ -591,9 +590,7 @@ def main(argv=None) -> int:
     if args.points:
         run_dreamlite(args, emit, deadline)
     if args.peers and not deadline.passed("peers"):
-        for row in run_peers(args):
-            rows.append(row)
-        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        run_peers(args, emit)
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = markdown(meta, rows)
     (out / f"{stamp}.md").write_text(md)

@@ -13,6 +13,7 @@
 #                                        # race, the CUDA tests, C and P on SM partitions, P and L at
 #                                        # encoder 256; run it detached across calls with
 #                                        # bench/gpu_detached.sh
+#   bash bench/gpu_session.sh levers     # the CUDA tests, C on an SM partition, P at encoder 256
 #   bash bench/gpu_session.sh io         # a GPU soak, the NDI hop, the console's cost
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
@@ -106,6 +107,13 @@ elif [ "$MODE" = "release" ]; then
     --continue-on-collection-errors -k "cuda or gpu"
   bench sms 240 --points C,P --encoder-sms 33,66 --frames 480 --no-breakdown
   bench enc256 300 --points P,L --encoder-size 256 --frames 480 --no-breakdown
+elif [ "$MODE" = "levers" ]; then
+  # what a release run leaves, within one call: the CUDA tests, then the encoder on an SM partition
+  # at point C and the encoder at 256 at point P, each beside its own baseline in the same run
+  part tests 300 $PY -m pytest tests -v -p no:cacheprovider -rA --tb=short \
+    --continue-on-collection-errors -k "cuda or gpu"
+  bench sms 220 --points C --encoder-sms all,66 --frames 480 --no-breakdown
+  bench enc256 220 --points P --encoder-size 512,256 --frames 480 --no-breakdown
 elif [ "$MODE" = "io" ]; then
   # the server's I/O on a GPU: a soak on the paper's shapes, the NDI hop, the console's cost
   part soak "${SOAK_LIMIT:-420}" $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \

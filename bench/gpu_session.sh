@@ -15,6 +15,7 @@
 #                                        # bench/gpu_detached.sh
 #   bash bench/gpu_session.sh levers     # the CUDA tests, C on an SM partition, P at encoder 256
 #   bash bench/gpu_session.sh io         # a GPU soak, the NDI hop, the console's cost
+#   bash bench/gpu_session.sh kernels    # the U-Net step with the folded attention and FP8, FP8's PSNR
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
 # to /tmp/site first. Everything comes back under $OUT (at most 8 files): session.log (each part's
@@ -56,7 +57,7 @@ part() {
   local t0; t0=$(date +%s)
   timeout -k 10 "$t" "$@" > "$WORK/logs/$name.log" 2>&1
   local rc=$?
-  grep -E "^(vs earlier|time limit|\| |U-Net step|  +[0-9.]+ ms|\{\"variant|\[.*\] (encoder SM|point C: warmed))|PASSED|FAILED|ERROR|SKIPPED|[0-9]+ (passed|failed|skipped)" \
+  grep -E "^(vs earlier|time limit|\| |U-Net step|  +[0-9.]+ ms|\{\"(variant|model|q)\"|\[.*\] (encoder SM|point C: warmed))|PASSED|FAILED|ERROR|SKIPPED|[0-9]+ (passed|failed|skipped)" \
     "$WORK/logs/$name.log" | tail -n 90 | tee -a "$LOG"
   [ "$rc" -ne 0 ] && tail -n 15 "$WORK/logs/$name.log" | tee -a "$LOG"
   say "== $name: exit $rc after $(( $(date +%s) - t0 )) s ($(left) s left)"
@@ -114,6 +115,14 @@ elif [ "$MODE" = "levers" ]; then
     --continue-on-collection-errors -k "cuda or gpu"
   bench sms 220 --points C --encoder-sms all,66 --frames 480 --no-breakdown
   bench enc256 220 --points P --encoder-size 512,256 --frames 480 --no-breakdown
+elif [ "$MODE" = "kernels" ]; then
+  # the U-Net's kernels (issue 19, lever 2): the attention with the mask folded into the heads and
+  # the FP8 matrix products, each beside the default step in one process, their tests, FP8's PSNR,
+  # then every attention call shape under each kernel that takes it
+  part tests 120 $PY -m pytest tests/test_attention.py tests/test_fp8.py -v -p no:cacheprovider -rA --tb=short
+  part unet 300 $PY -m bench.profile_unet --batches 1,8 --variants default,fold,fp8,fold+fp8 --profile fold
+  part fp8q 100 $PY -m bench.fp8_quality --models demo,synthetic:paper --json "$WORK/results/fp8-quality.json"
+  part attn 90 $PY -m bench.profile_attention 8
 elif [ "$MODE" = "io" ]; then
   # the server's I/O on a GPU: a soak on the paper's shapes, the NDI hop, the console's cost
   part soak "${SOAK_LIMIT:-420}" $PY -m tools.soak --model synthetic:paper --device cuda --size 512 \

@@ -3,7 +3,10 @@
 Records every `scaled_dot_product_attention` call of one eager U-Net step, then times each distinct
 call shape with each fused backend forced (an error means the backend refuses those inputs).
 
-    python -m bench.profile_attention
+    python -m bench.profile_attention [BATCH]
+
+Besides each SDPA backend, it times the alternatives: the mask folded into a spare head slot with
+no mask (`fold_*`, flash-eligible), FlexAttention (compiled) and a compiled math attention.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def main() -> None:
         calls[key][0] += 1
         return real(q, k, v, attn_mask=attn_mask, **kw)
 
-    n, c = 1, bundle.vae.config.latent_channels
+    import sys
+
+    n, c = int(sys.argv[1]) if len(sys.argv) > 1 else 1, bundle.vae.config.latent_channels
     lat = torch.randn(n, c, 64, 64, device="cuda", dtype=dtype)
     emb = torch.randn(n, 448, bundle.unet.config.cross_attention_dim, device="cuda", dtype=dtype)
     mask = torch.ones(n, 448, device="cuda", dtype=torch.long)
@@ -66,6 +71,11 @@ def main() -> None:
                         row[name] = ms(lambda: real(q, k, v, attn_mask=m, **kw))
                 except Exception as exc:
                     row[name] = "refused: " + " ".join(str(w.message)[:160] for w in caught[:2]) + f" {str(exc)[:80]}"
+            for name, fn in alternatives(q, k, v, m, kw).items():
+                try:
+                    row[name] = ms(fn)
+                except Exception as exc:
+                    row[name] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
             if m is not None:
                 for label, mm in (("bool_mask", m > -1), ("contig_mask", m.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2]).contiguous())):
                     try:
@@ -74,6 +84,56 @@ def main() -> None:
                     except Exception as exc:
                         row["efficient_" + label] = f"refused {str(exc)[:80]}"
         print(json.dumps(row), flush=True)
+
+
+def _fold(q, k, v, m, scale):
+    """The key mask folded into a spare head slot (q: 1, k: bias / scale), heads padded to a
+    multiple of 8, no mask: what engine/dreamlite/attention.py's fold mode does."""
+    d = round(scale ** -2)
+    q, k, v = q[..., :d], k[..., :d], v[..., :d]
+    extra = 1 if m is not None else 0
+    size = -(-(d + extra) // 8) * 8
+    if m is not None:
+        bias = m[:, :1, :1, :].transpose(-1, -2).to(q.dtype) / scale  # [b, 1, keys, 1]
+        q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
+        k = torch.cat([k, bias.expand(-1, k.shape[1], -1, -1)], -1)
+        v = torch.cat([v, torch.zeros_like(v[..., :1])], -1)
+    pad = size - q.shape[-1]
+    return [F.pad(t, (0, pad)).contiguous() for t in (q, k, v)]
+
+
+def alternatives(q, k, v, m, kw) -> dict:
+    """Other ways to compute the same attention, each a no-argument callable."""
+    scale = kw.get("scale")
+    out = {}
+    fq, fk, fv = _fold(q, k, v, m, scale)
+    for name, backend in (("fold_flash", SDPBackend.FLASH_ATTENTION), ("fold_cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("fold_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        def run(backend=backend):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(fq, fk, fv, scale=scale)
+        out[name] = run
+    d = round(scale ** -2)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    size = max(16, 1 << (d - 1).bit_length())
+    xq, xk, xv = (F.pad(t[..., :d], (0, size - d)).contiguous() for t in (q, k, v))
+    bias = None if m is None else m[:, 0, 0, :].float().contiguous()
+    score_mod = None if bias is None else (lambda s, b, h, qi, ki: s + bias[b, ki])
+    out["flex"] = lambda: flex(xq, xk, xv, score_mod=score_mod, scale=scale)
+    mq, mk, mv = (t[..., :d].contiguous() for t in (q, k, v))
+    mb = None if m is None else m[:, :1].float()
+
+    @torch.compile(dynamic=False)
+    def math(q, k, v, bias):
+        s = (q @ k.transpose(-1, -2)).float() * scale
+        if bias is not None:
+            s = s + bias
+        return (s.softmax(-1).to(v.dtype) @ v)
+
+    out["math_compiled"] = lambda: math(mq, mk, mv, mb)
+    return out
 
 
 if __name__ == "__main__":

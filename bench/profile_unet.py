@@ -6,7 +6,8 @@ kernels of one variant from the profiler. A development tool for `docs/BENCHMARK
 The U-Net runs as the engine runs it: its own view of the bundle's U-Net with the aligned-head
 attention processors (engine/dreamlite/attention.py). Variants: `eager`, `default` (Inductor), `cudnn`
 (+ cudnn.benchmark), `cl` (+ channels-last weights and inputs), `freeze` (Inductor's freezing:
-weights folded as constants), `max` (`max-autotune-no-cudagraphs`: slow to compile; the Inductor
+weights folded as constants), `fold` (the engine's `attention="fold"`), `fp8` (its `fp8`),
+`fold+fp8`, `max` (`max-autotune-no-cudagraphs`: slow to compile; the Inductor
 cache, `TORCHINDUCTOR_CACHE_DIR`, keeps its choices for the next run). `--profile V` prints V's
 kernels by time and kind (bench/kernel_profile.py) at each batch.
 """
@@ -22,6 +23,7 @@ import torch
 from bench.cuda_timing import cuda_ms
 from bench.kernel_profile import format_profile, profile_kernels
 from node_server.engine.dreamlite.attention import use_aligned_heads
+from node_server.engine.fp8 import use_fp8
 from node_server.engine.dreamlite.denoiser import Denoiser
 from node_server.engine.module_view import module_view
 from node_server.models import load_model
@@ -42,7 +44,16 @@ def main() -> None:
     den = Denoiser(unet, vae, (512, 512), dtype)
     dim = unet.config.cross_attention_dim
     flops = {}
+    base_den = den
+    reference = {}  # batch -> the first variant's step output (same inputs: the same seeds)
     for variant in args.variants.split(","):
+        den = base_den
+        if variant in ("fold", "fp8", "fold+fp8"):  # the engine's attention / fp8 options, on a new view
+            view = module_view(bundle.unet)
+            use_aligned_heads(view, fold_mask=variant.startswith("fold"))
+            if variant.endswith("fp8"):
+                use_fp8(view)
+            den = Denoiser(view, vae, (512, 512), dtype)
         torch.backends.cudnn.benchmark = variant in ("cudnn", "cl", "max")
         if variant in ("cl", "max"):
             unet.to(memory_format=torch.channels_last)
@@ -66,9 +77,15 @@ def main() -> None:
             t0 = time.perf_counter()
             fn = lambda: step(lat, src, emb, mask, tid, t, dt)  # noqa: E731
             ms = cuda_ms(fn, graph=True)
-            print(json.dumps(dict(variant=variant, batch=n, unet_step_ms=round(ms, 3),
-                                  per_frame_ms=round(ms / n, 3), setup_s=round(time.perf_counter() - t0, 1))),
-                  flush=True)
+            row = dict(variant=variant, batch=n, unet_step_ms=round(ms, 3), per_frame_ms=round(ms / n, 3),
+                       setup_s=round(time.perf_counter() - t0, 1))
+            out = fn().float()
+            if n in reference:  # how far this variant's step lands from the first variant's
+                ref = reference[n]
+                row["rel_err_vs_first"] = float((out - ref).norm() / ref.norm())
+            else:
+                reference[n] = out
+            print(json.dumps(row), flush=True)
             if variant == args.profile:
                 prof = profile_kernels(fn)
                 print(format_profile(f"{variant}, batch {n}", prof), flush=True)

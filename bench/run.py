@@ -17,7 +17,8 @@ adapter in dreamlite-lllite's format over every target, written to a file and lo
 Variants (each a comma list; every combination runs the points): `--compile` modes (a `+cl`
 suffix: channels-last U-Net and VAE), `--encoder-size`, `--encoder-device` (`same` = the engine's
 GPU, or e.g. `cuda:1`), `--encoder-sms` (the encoder on a green context of N multiprocessors;
-`all` = no partition). Single levers: `--unet-compile-mode`, `--channels-last`,
+`all` = no partition), `--attention` (pad, fold: engine/dreamlite/attention.py), `--fp8` (off, on:
+engine/fp8.py). Single levers: `--unet-compile-mode`, `--channels-last`,
 `--cudnn-benchmark`, `--inductor KEY=VALUE`. `--profile-unet` adds the compiled U-Net step's
 kernel profile to points I and S. The Inductor cache lives in `--inductor-cache` (default: the
 results folder's `inductor-cache`), so a later run of the same shapes skips most compilation.
@@ -205,6 +206,8 @@ class Variant:
     encoder_device: Optional[str] = None  # None: the engine's device
     encoder_sms: Optional[int] = None  # None: no SM partition
     unet_mode: Optional[str] = None  # Inductor mode for the U-Net step alone
+    attention: str = "pad"  # the engine's attention mode (engine/dreamlite/attention.py)
+    fp8: bool = False  # the U-Net's matrix products in float8 (engine/fp8.py)
 
     @property
     def label(self) -> str:
@@ -217,11 +220,19 @@ class Variant:
             text += f" encdev={self.encoder_device}"
         if self.encoder_sms:
             text += f" sms={self.encoder_sms}"
+        if self.attention != "pad":
+            text += f" attn={self.attention}"
+        if self.fp8:
+            text += " fp8"
         return text
 
     def engine_options(self) -> dict:
+        """The StreamEngine keywords of this variant (the default ones are left out, so an SD
+        engine, which has no attention or fp8 option, takes the rest)."""
+        extra = {k: v for k, v in (("attention", self.attention), ("fp8", self.fp8))
+                 if v != Variant.__dataclass_fields__[k].default}
         return dict(compile=self.compile, encoder_image_size=self.encoder_size, encoder_device=self.encoder_device,
-                    unet_compile_mode=self.unet_mode)
+                    unet_compile_mode=self.unet_mode, **extra)
 
 
 def _list(text, convert=str) -> list:
@@ -231,6 +242,8 @@ def _list(text, convert=str) -> list:
 def variants(args) -> list[Variant]:
     devices = [None if d in ("same", "") else d for d in _list(args.encoder_device)] or [None]
     sms = [None if v in ("all", "0") else int(v) for v in _list(args.encoder_sms)] or [None]
+    attentions = _list(getattr(args, "attention", "pad")) or ["pad"]
+    fp8s = [v == "on" for v in _list(getattr(args, "fp8", "off"))] or [False]
     out = []
     for mode in _list(args.compile):
         cl = mode.endswith("+cl") or args.channels_last
@@ -238,7 +251,9 @@ def variants(args) -> list[Variant]:
         for size in _list(args.encoder_size, int):
             for device in devices:
                 for n in sms:
-                    out.append(Variant(mode, cl, size, device, n, args.unet_compile_mode))
+                    for attention in attentions:
+                        for fp8 in fp8s:
+                            out.append(Variant(mode, cl, size, device, n, args.unet_compile_mode, attention, fp8))
     return out
 
 
@@ -539,6 +554,10 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-compile-mode", default=None,
                     choices=("eager", "default", "max-autotune-no-cudagraphs"),
                     help="an Inductor mode for the U-Net step alone (the other pieces keep --compile's)")
+    ap.add_argument("--attention", default="pad",
+                    help="comma list of attention modes: pad (heads padded beside the mask), fold (the mask "
+                         "folded into the heads; flash-eligible)")
+    ap.add_argument("--fp8", default="off", help="comma list of off/on: the U-Net's matrix products in float8")
     ap.add_argument("--channels-last", action="store_true", help="channels-last U-Net and VAE in every variant")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

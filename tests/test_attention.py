@@ -123,3 +123,48 @@ def test_padded_heads_match_on_cuda(tiny_bundle, narrow_head_unet, monkeypatch):
 def test_the_shared_bundle_was_not_changed_by_earlier_tests(tiny_bundle):
     """Run after the engine tests (any order): the session's bundle still has DreamLite's processors."""
     _pair(tiny_bundle)
+
+
+@pytest.mark.parametrize("head", [5, 8, 10, 20])
+def test_folded_key_mask_equals_the_masked_attention(head):
+    """`fold_key_mask` carries the key mask inside the heads: the unmasked attention of its result
+    equals the masked attention, for head sizes with and without spare padding."""
+    g = torch.Generator().manual_seed(head)
+    q, k, v = (torch.randn(2, 3, n, head, generator=g) for n in (7, 11, 11))
+    keep = torch.ones(2, 11, dtype=torch.bool)
+    keep[0, 6:] = False
+    keep[1, 2:] = False
+    mask = torch.zeros(2, 3, 1, 11).masked_fill(~keep[:, None, None, :], -10000.0)
+    scale = head ** -0.5
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    fq, fk, fv, no_mask = attention.fold_key_mask(q, k, v, mask, scale)
+    assert no_mask is None and fq.shape[-1] % 8 == 0 and fq.shape[-1] > head
+    got = torch.nn.functional.scaled_dot_product_attention(fq, fk, fv, scale=scale)[..., :head]
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    assert not torch.allclose(got, unmasked, atol=1e-3)  # the mask did change the result
+
+
+def test_folded_mask_unet_matches_dreamlite_processor_on_the_cpu(narrow_head_unet):
+    """The whole U-Net with the mask folded into the heads (the CPU test switch on) equals
+    DreamLite's own processor."""
+    stock, ours = copy.deepcopy(narrow_head_unet), copy.deepcopy(narrow_head_unet)
+    assert use_aligned_heads(ours, pad_on_cpu=True, fold_mask=True) > 0
+    assert all(m.processor.fold_mask for m in ours.modules() if isinstance(getattr(m, "processor", None),
+                                                                           AlignedHeadAttnProcessor))
+    a, b = _run(stock, "cpu"), _run(ours, "cpu")
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_folded_mask_matches_on_cuda(narrow_head_unet):
+    stock, ours = copy.deepcopy(narrow_head_unet), copy.deepcopy(narrow_head_unet)
+    use_aligned_heads(ours, fold_mask=True)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        a, b = _run(stock, "cuda"), _run(ours, "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    err = (a - b).norm() / a.norm()
+    assert err < 1e-5, float(err)

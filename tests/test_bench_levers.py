@@ -32,6 +32,14 @@ def test_variants_are_every_combination_with_a_label_each():
     assert opts == dict(compile="default", encoder_image_size=256, encoder_device="cuda:1", unet_compile_mode=None)
 
 
+def test_attention_and_fp8_levers_combine_and_reach_the_engine():
+    vs = variants(_args(attention="pad,fold", fp8="off,on"))
+    assert [(v.attention, v.fp8) for v in vs] == [("pad", False), ("pad", True), ("fold", False), ("fold", True)]
+    assert [v.label for v in vs] == ["default", "default fp8", "default attn=fold", "default attn=fold fp8"]
+    assert vs[3].engine_options()["attention"] == "fold" and vs[3].engine_options()["fp8"] is True
+    assert "fp8" not in vs[0].engine_options() and "attention" not in vs[0].engine_options()
+
+
 COMMON = ["--model", "synthetic:tiny", "--frames", "2", "--device", "cpu", "--compile", "off", "--no-breakdown",
           "--size", "64", "--encoder-size", "64", "--compare", "none"]
 

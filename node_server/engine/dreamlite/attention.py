@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 
+ATTENTION_MODES = ("pad", "fold")  # `StreamEngine(attention=...)`: beside a mask, or the mask folded in
 PAD_ON_CPU = False  # test hook: pad the heads on the CPU as well (`use_aligned_heads`' default)
 
 
 class AlignedHeadAttnProcessor:
     """Drop-in processor for diffusers `Attention` modules of the DreamLite U-Net (GQA, q/k norms)."""
 
-    def __init__(self, pad_on_cpu: bool = False):
+    def __init__(self, pad_on_cpu: bool = False, fold_mask: bool = False):
         self.pad_on_cpu = pad_on_cpu
+        self.fold_mask = fold_mask
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None) -> torch.Tensor:
@@ -63,11 +65,17 @@ class AlignedHeadAttnProcessor:
             value = value.repeat_interleave(repeat, dim=2)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # [b, heads, tokens, head]
 
-        padded = (query.is_cuda or self.pad_on_cpu) and attention_mask is not None
-        pad = (-head) % 8 if padded else 0
-        if pad:
-            query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=head**-0.5)
+        scale = head**-0.5
+        aligned = query.is_cuda or self.pad_on_cpu
+        fold = aligned and self.fold_mask and (attention_mask is None or attention_mask.shape[-2] == 1)
+        if fold:
+            query, key, value, attention_mask = fold_key_mask(query, key, value, attention_mask, scale)
+            pad = query.shape[-1] - head
+        else:
+            pad = (-head) % 8 if aligned and attention_mask is not None else 0
+            if pad:
+                query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
         if pad:
             out = out[..., :head]
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
@@ -79,15 +87,35 @@ class AlignedHeadAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-def use_aligned_heads(unet, pad_on_cpu: "bool | None" = None) -> int:
+def fold_key_mask(query, key, value, mask, scale: float):
+    """[b, heads, tokens, head] q/k/v and an additive key mask ([b, heads, 1, keys] or None) ->
+    the same attention with no mask: the mask rides in one extra head slot (1 in every query, the
+    key's bias / scale in its key, 0 in its value), so q.k * scale gains exactly the bias, and the
+    heads are zero-padded to a multiple of 8. With no mask to carry, flash attention (which takes
+    no mask) and cuDNN's flash kernel accept the result. The caller passes `scale` (the real head
+    size's) and cuts the output back to the real head size."""
+    head = query.shape[-1]
+    if mask is not None:
+        bias = (mask[:, :1].transpose(-1, -2) / scale).to(key.dtype)  # [b, 1, keys, 1]
+        query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
+        key = torch.cat([key, bias.expand(-1, key.shape[1], -1, -1)], dim=-1)
+        value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)
+    pad = (-query.shape[-1]) % 8
+    if pad:
+        query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
+    return query, key, value, None
+
+
+def use_aligned_heads(unet, pad_on_cpu: "bool | None" = None, fold_mask: bool = False) -> int:
     """Give every attention module of `unet` that runs DreamLite's processor the aligned-head one;
-    returns how many were changed (0 for other U-Nets, which keep their own). This changes `unet`:
-    an engine calls it on its own view (engine/module_view.py), never on a bundle's U-Net."""
+    returns how many were changed (0 for other U-Nets, which keep their own). `fold_mask`: carry
+    the key mask inside the heads (`fold_key_mask`) instead of padding beside a mask. This changes
+    `unet`: an engine calls it on its own view (engine/module_view.py), never on a bundle's U-Net."""
     pad_on_cpu = PAD_ON_CPU if pad_on_cpu is None else pad_on_cpu
     changed = 0
     for module in unet.modules():
         processor = getattr(module, "processor", None)
         if processor is not None and type(processor).__name__ == "DreamLiteAttnProcessor2_0":
-            module.set_processor(AlignedHeadAttnProcessor(pad_on_cpu=pad_on_cpu))
+            module.set_processor(AlignedHeadAttnProcessor(pad_on_cpu=pad_on_cpu, fold_mask=fold_mask))
             changed += 1
     return changed

@@ -24,7 +24,8 @@ from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames
 from ..params import Params
 from ..streams import Streams
-from .attention import use_aligned_heads
+from ..fp8 import use_fp8
+from .attention import ATTENTION_MODES, use_aligned_heads
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
 from .graphs import GraphedDenoiser
@@ -89,24 +90,33 @@ class StreamEngine(EngineBase):
                  device=None, dtype: Optional[torch.dtype] = None, encoder_image_size: int = 512,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
                  compile: str = "auto", progress: bool = True, lllite=None, lllite_blocks=None,
-                 lllite_source: str = "temporal", encoder_device=None, unet_compile_mode: Optional[str] = None):
+                 lllite_source: str = "temporal", encoder_device=None, unet_compile_mode: Optional[str] = None,
+                 attention: str = "pad", fp8: bool = False):
         """`compile`: `auto` (compiled CUDA graphs on a GPU, eager on the CPU), `off` (eager),
         `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs).
         `lllite`: a ControlNet-LLLite `.safetensors` file (docs/LLLITE.md), hooked into the U-Net
         on `lllite_blocks` (all, or a comma list of down, mid, up). `encoder_device`: where the
         multimodal encoder runs (default: `device`; e.g. a second GPU). `unet_compile_mode`: an
-        Inductor mode for the U-Net step alone (a benchmark lever; see engine/dreamlite/graphs.py)."""
+        Inductor mode for the U-Net step alone (a benchmark lever; see engine/dreamlite/graphs.py).
+        `attention`: how the masked narrow-head attentions reach a fused GPU kernel, `pad` (heads
+        padded beside the mask) or `fold` (the mask carried inside the heads; both exact, see
+        engine/dreamlite/attention.py). `fp8`: the U-Net's matrix products in float8 (an
+        approximation, opt-in; engine/fp8.py)."""
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {attention!r}; one of {', '.join(ATTENTION_MODES)}")
         self._place(bundle, size, device, dtype, encoder_device)
         mode = self._resolve_compile(compile)
         self.streams = Streams(self.device)
         self.main_stream = self.streams.new_stream(priority=-1)  # frames outrank the encoder's stream
         factor = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.latent_hw = (self.size[0] // factor, self.size[1] // factor)
-        use_aligned_heads(self.unet)  # masked cross-attention on a fused kernel (see engine/dreamlite/attention.py)
+        # masked cross-attention on a fused kernel (see engine/dreamlite/attention.py)
+        use_aligned_heads(self.unet, fold_mask=attention == "fold")
         self.denoiser = Denoiser(self.unet, self.vae, self.size, self.dtype)
         self._say = lambda text: announce(text, enabled=progress)
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
+        self.fp8_modules = use_fp8(self.unet) if fp8 else 0  # after the hooks: they keep their dtype
         self.graphed = None if mode == "off" else GraphedDenoiser(
             self.denoiser, self.device, mode=mode, announce=self._say,
             unet_mode=unet_compile_mode)

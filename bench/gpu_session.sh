@@ -15,7 +15,9 @@
 #                                        # bench/gpu_detached.sh
 #   bash bench/gpu_session.sh levers     # the CUDA tests, C on an SM partition, P at encoder 256
 #   bash bench/gpu_session.sh io         # a GPU soak, the NDI hop, the console's cost
-#   bash bench/gpu_session.sh kernels    # the U-Net step with the folded attention and FP8, FP8's PSNR
+#   bash bench/gpu_session.sh kernels    # the U-Net step with the folded attention and FP8, FP8's PSNR,
+#                                        # then (a budget past one call, detached) those levers at the
+#                                        # points, and C and L at encoder 256
 #
 # Missing packages travel as wheels in .whl (diffusers, python-osc, pyzmq, av): they are installed
 # to /tmp/site first. Everything comes back under $OUT (at most 8 files): session.log (each part's
@@ -122,6 +124,11 @@ elif [ "$MODE" = "kernels" ]; then
   part tests 120 $PY -m pytest tests/test_attention.py tests/test_fp8.py -v -p no:cacheprovider -rA --tb=short
   part unet 300 $PY -m bench.profile_unet --batches 1,8 --variants default,fold,fp8,fold+fp8 --profile fold
   part fp8q 100 $PY -m bench.fp8_quality --models demo,synthetic:paper --json "$WORK/results/fp8-quality.json"
+  # then, with GPU_SESSION_BUDGET past one call (bench/gpu_detached.sh): the points with the folded
+  # attention beside the padded one, FP8 at points I and S, C and L at encoder 256 beside 512
+  bench fold 480 --points I,S,P --attention pad,fold --frames 480 --no-breakdown
+  bench fp8 200 --points I,S --attention fold --fp8 on --frames 480 --no-breakdown
+  bench enc256 330 --points C,L --encoder-size 512,256 --frames 480 --no-breakdown
   part attn 90 $PY -m bench.profile_attention 8
 elif [ "$MODE" = "io" ]; then
   # the server's I/O on a GPU: a soak on the paper's shapes, the NDI hop, the console's cost

@@ -24,7 +24,6 @@ from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames
 from ..params import Params
 from ..streams import Streams
-from ..fp8 import use_fp8
 from .attention import ATTENTION_MODES, use_aligned_heads
 from .denoiser import Denoiser
 from .encoder import DEFAULT_MAX_PROMPT_TOKENS, PromptEncoder
@@ -116,7 +115,7 @@ class StreamEngine(EngineBase):
         self._say = lambda text: announce(text, enabled=progress)
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
-        self.fp8_modules = use_fp8(self.unet) if fp8 else 0  # after the hooks: they keep their dtype
+        self.fp8_modules = self._use_fp8(fp8)  # after the hooks: they keep their dtype
         self.graphed = None if mode == "off" else GraphedDenoiser(
             self.denoiser, self.device, mode=mode, announce=self._say,
             unet_mode=unet_compile_mode)

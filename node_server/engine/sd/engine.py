@@ -39,7 +39,6 @@ from ...quiet import quiet_diffusers
 from ..base import EngineBase, FrameOut, with_model_defaults
 from ..blend import blend_noise, describe_blend, is_passthrough, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
-from ..fp8 import use_fp8
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames, to_uint8_hwc
 from ..params import Params
 from ..streams import Streams
@@ -232,7 +231,7 @@ class SDStreamEngine(EngineBase):
                              "different frames share one U-Net call); turn stream batch off")
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=False,
                             compiled=mode in ("default", "max-autotune"))
-        self.fp8_modules = use_fp8(self.unet) if fp8 else 0  # opt-in (engine/fp8.py); after the hooks
+        self.fp8_modules = self._use_fp8(fp8)  # opt-in (engine/fp8.py); after the hooks
         self._graphs = _SDGraphs(self.den, self.device, mode, progress) if mode != "off" else None
         # the worker's thread starts last, so a choice refused above leaves no thread behind
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)

@@ -119,14 +119,14 @@ elif [ "$MODE" = "levers" ]; then
   bench enc256 220 --points P --encoder-size 512,256 --frames 480 --no-breakdown
 elif [ "$MODE" = "kernels" ]; then
   # the U-Net's kernels (issue 19, lever 2): the attention with the mask folded into the heads and
-  # the FP8 matrix products, each beside the default step in one process, their tests, FP8's PSNR,
-  # then every attention call shape under each kernel that takes it
-  part tests 120 $PY -m pytest tests/test_attention.py tests/test_fp8.py -v -p no:cacheprovider -rA --tb=short
+  # the FP8 matrix products, each beside the default step in one process, and their tests; then
+  # (a budget past one call: bench/gpu_detached.sh) the folded attention at the points beside the
+  # padded one, FP8's PSNR, FP8 at I and S, C and L at encoder 256 beside 512, every attention call
+  # shape under each kernel that takes it
+  part tests 90 $PY -m pytest tests/test_attention.py tests/test_fp8.py -v -p no:cacheprovider -rA --tb=short
   part unet 300 $PY -m bench.profile_unet --batches 1,8 --variants default,fold,fp8,fold+fp8 --profile fold
+  bench fold 420 --points I,S,P --attention pad,fold --frames 480 --no-breakdown
   part fp8q 100 $PY -m bench.fp8_quality --models demo,synthetic:paper --json "$WORK/results/fp8-quality.json"
-  # then, with GPU_SESSION_BUDGET past one call (bench/gpu_detached.sh): the points with the folded
-  # attention beside the padded one, FP8 at points I and S, C and L at encoder 256 beside 512
-  bench fold 480 --points I,S,P --attention pad,fold --frames 480 --no-breakdown
   bench fp8 200 --points I,S --attention fold --fp8 on --frames 480 --no-breakdown
   bench enc256 330 --points C,L --encoder-size 512,256 --frames 480 --no-breakdown
   part attn 90 $PY -m bench.profile_attention 8

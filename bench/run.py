@@ -206,7 +206,7 @@ class Variant:
     encoder_device: Optional[str] = None  # None: the engine's device
     encoder_sms: Optional[int] = None  # None: no SM partition
     unet_mode: Optional[str] = None  # Inductor mode for the U-Net step alone
-    attention: str = "pad"  # the engine's attention mode (engine/dreamlite/attention.py)
+    attention: str = "fold"  # the engine's attention mode (engine/dreamlite/attention.py)
     fp8: bool = False  # the U-Net's matrix products in float8 (engine/fp8.py)
 
     @property
@@ -220,7 +220,7 @@ class Variant:
             text += f" encdev={self.encoder_device}"
         if self.encoder_sms:
             text += f" sms={self.encoder_sms}"
-        if self.attention != "pad":
+        if self.attention != "fold":
             text += f" attn={self.attention}"
         if self.fp8:
             text += " fp8"
@@ -242,7 +242,7 @@ def _list(text, convert=str) -> list:
 def variants(args) -> list[Variant]:
     devices = [None if d in ("same", "") else d for d in _list(args.encoder_device)] or [None]
     sms = [None if v in ("all", "0") else int(v) for v in _list(args.encoder_sms)] or [None]
-    attentions = _list(getattr(args, "attention", "pad")) or ["pad"]
+    attentions = _list(getattr(args, "attention", "fold")) or ["fold"]
     fp8s = [v == "on" for v in _list(getattr(args, "fp8", "off"))] or [False]
     out = []
     for mode in _list(args.compile):
@@ -554,9 +554,9 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-compile-mode", default=None,
                     choices=("eager", "default", "max-autotune-no-cudagraphs"),
                     help="an Inductor mode for the U-Net step alone (the other pieces keep --compile's)")
-    ap.add_argument("--attention", default="pad",
-                    help="comma list of attention modes: pad (heads padded beside the mask), fold (the mask "
-                         "folded into the heads; flash-eligible)")
+    ap.add_argument("--attention", default="fold",
+                    help="comma list of attention modes: fold (the engine's default: the mask folded into the "
+                         "heads, flash-eligible), pad (heads padded beside the mask)")
     ap.add_argument("--fp8", default="off", help="comma list of off/on: the U-Net's matrix products in float8")
     ap.add_argument("--channels-last", action="store_true", help="channels-last U-Net and VAE in every variant")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")

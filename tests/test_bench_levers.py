@@ -33,10 +33,10 @@ def test_variants_are_every_combination_with_a_label_each():
 
 
 def test_attention_and_fp8_levers_combine_and_reach_the_engine():
-    vs = variants(_args(attention="pad,fold", fp8="off,on"))
-    assert [(v.attention, v.fp8) for v in vs] == [("pad", False), ("pad", True), ("fold", False), ("fold", True)]
-    assert [v.label for v in vs] == ["default", "default fp8", "default attn=fold", "default attn=fold fp8"]
-    assert vs[3].engine_options()["attention"] == "fold" and vs[3].engine_options()["fp8"] is True
+    vs = variants(_args(attention="fold,pad", fp8="off,on"))
+    assert [(v.attention, v.fp8) for v in vs] == [("fold", False), ("fold", True), ("pad", False), ("pad", True)]
+    assert [v.label for v in vs] == ["default", "default fp8", "default attn=pad", "default attn=pad fp8"]
+    assert vs[3].engine_options()["attention"] == "pad" and vs[3].engine_options()["fp8"] is True
     assert "fp8" not in vs[0].engine_options() and "attention" not in vs[0].engine_options()
 
 

@@ -87,9 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-device", default=None, metavar="DEV",
                         help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
                         "(default: the engine's device)")
-    parser.add_argument("--fp8", action="store_true",
-                        help="the U-Net's matrix products in float8 (Hopper GPUs): faster, an approximation of "
-                        "the bf16 picture (docs/BENCHMARKS.md measures both)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress output; the summary line and warnings still print")
     parser.add_argument("--strict", action="store_true",
@@ -193,8 +190,6 @@ def run(args: argparse.Namespace) -> int:
     step(f"loading model {spec} on {device}...", enabled=verbose)
     bundle = load_model(spec, device=device, progress=verbose)
     placement = {"encoder_device": args.encoder_device} if args.encoder_device else {}
-    if getattr(args, "fp8", False):
-        placement["fp8"] = True
     engine = build_engine(bundle, params, size=size, device=device, encoder_image_size=args.encoder_size,
                           **placement, **engine_options(vars(args)))
     from ..engine.params import strength_notice

@@ -65,16 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-device", default=None, metavar="DEV",
                    help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
                         "(default: the engine's device)")
-    p.add_argument("--fp8", action="store_const", const=True, default=None,
-                   help="the U-Net's matrix products in float8 (Hopper GPUs): faster, an approximation of "
-                        "the bf16 picture (docs/BENCHMARKS.md measures both); off by default")
     add_lllite_arguments(p)
 
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
          "console_token",
          "preset", "prompt", "presets_dir", "size", "encoder_size", "batch_size", "device", "encoder_device", "spout_in", "spout_out", "no_zmq",
-         "fp8",
          "ndi_in", "ndi_out", "ndi_extra_ips", "ndi_groups", "ndi_out_format",
          "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
 

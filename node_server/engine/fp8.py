@@ -1,10 +1,13 @@
-"""FP8 matrix products for a U-Net's linears and pointwise convolutions (opt-in: `--fp8`).
+"""FP8 matrix products for a U-Net's linears and pointwise convolutions (a benchmark lever).
 
 Hopper runs float8 matrix products at twice the bf16 rate. Each weight is quantized once, when
 the engine is built, to float8_e4m3fn with one scale per output channel; each activation row (a
 token, or a pixel of a 1x1 convolution) gets its own scale at run time; `torch._scaled_mm`
 multiplies with fp32 accumulation and returns the engine's dtype. This is an approximation, so it
-is off unless asked for; its error against bf16 and its speed are measured in docs/BENCHMARKS.md.
+is off unless asked for (`StreamEngine(fp8=True)`, `bench.run --fp8 on`). Measured on an H100
+(docs/BENCHMARKS.md) it does not pay on the paper's U-Net: the step is 1.13-1.15x slower (the
+per-row quantization is one more pass over every activation, and the products are small), and
+the picture is 36-39 dB from bf16's. So no user flag offers it.
 The same code runs on the CPU (torch's CPU `_scaled_mm`), where it is only a test of the arithmetic.
 
 Only modules inside the U-Net's transformer and resnet blocks are swapped, and only where both
@@ -46,7 +49,7 @@ class Fp8Matmul(nn.Module):
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         """[M, K] in the engine's dtype -> [M, N] in the same dtype."""
-        q, scale = quantize_rows(rows)
+        q, scale = quantize_rows(rows.contiguous())  # row-major A (a 1x1 conv's rows at batch 1 are not)
         out = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
                                out_dtype=rows.dtype)
         return out if self.bias is None else out + self.bias.to(out.dtype)

@@ -40,8 +40,6 @@ def default_engine_factory(app: "ServerApp", params: Params) -> Any:
 
     bundle = load_model(app.model, device=app.device, progress=app.progress)
     placement = {"encoder_device": app.config.encoder_device} if app.config.encoder_device else {}
-    if app.config.fp8:
-        placement["fp8"] = True
     return build_engine(bundle, params, size=app.config.size, device=app.device,
                         encoder_image_size=app.config.encoder_size, **placement,
                         **engine_options(dataclasses.asdict(app.config)))

@@ -65,7 +65,6 @@ class ServeConfig:
     ndi_extra_ips: str | None = None  # comma-separated machines to ask for sources (no mDNS needed)
     ndi_groups: str | None = None  # comma-separated NDI groups to look in and send to (None: public)
     ndi_out_format: str = "bgrx"  # bgrx | uyvy: the pixel format the NDI output sends
-    fp8: bool = False  # the U-Net's matrix products in float8 (engine/fp8.py): opt-in, an approximation
     lllite: str | None = None  # a ControlNet-LLLite adapter file (docs/LLLITE.md)
     lllite_blocks: str | None = None  # None: every hook in the file
     lllite_source: str | None = None  # None: temporal
@@ -84,7 +83,7 @@ class ServeConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 _INT_KEYS = {"osc_port", "oscquery_port", "encoder_size", "batch_size", "lllite_refresh"}
 _FLOAT_KEYS = {"lllite_strength"}
-_BOOL_KEYS = {"no_zmq", "fp8"}
+_BOOL_KEYS = {"no_zmq"}
 
 
 _ZMQ_TRANSPORTS = ("tcp", "ipc", "inproc")

@@ -90,17 +90,18 @@ class StreamEngine(EngineBase):
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, cache_size: int = 32,
                  compile: str = "auto", progress: bool = True, lllite=None, lllite_blocks=None,
                  lllite_source: str = "temporal", encoder_device=None, unet_compile_mode: Optional[str] = None,
-                 attention: str = "pad", fp8: bool = False):
+                 attention: str = "fold", fp8: bool = False):
         """`compile`: `auto` (compiled CUDA graphs on a GPU, eager on the CPU), `off` (eager),
         `graphs` (CUDA graphs of eager kernels), `default` or `max-autotune` (Inductor + graphs).
         `lllite`: a ControlNet-LLLite `.safetensors` file (docs/LLLITE.md), hooked into the U-Net
         on `lllite_blocks` (all, or a comma list of down, mid, up). `encoder_device`: where the
         multimodal encoder runs (default: `device`; e.g. a second GPU). `unet_compile_mode`: an
         Inductor mode for the U-Net step alone (a benchmark lever; see engine/dreamlite/graphs.py).
-        `attention`: how the masked narrow-head attentions reach a fused GPU kernel, `pad` (heads
-        padded beside the mask) or `fold` (the mask carried inside the heads; both exact, see
-        engine/dreamlite/attention.py). `fp8`: the U-Net's matrix products in float8 (an
-        approximation, opt-in; engine/fp8.py)."""
+        `attention`: how the masked narrow-head attentions reach a fused GPU kernel, `fold` (the
+        mask carried inside the heads, flash-eligible; the default: 1.04-1.07x the frame rate of
+        `pad` on an H100) or `pad` (heads padded beside the mask); both exact, see
+        engine/dreamlite/attention.py. `fp8`: the U-Net's matrix products in float8
+        (engine/fp8.py), a benchmark lever: measured slower and below 40 dB PSNR (BENCHMARKS.md)."""
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; one of {', '.join(ATTENTION_MODES)}")
         self._place(bundle, size, device, dtype, encoder_device)

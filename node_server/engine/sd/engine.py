@@ -205,7 +205,7 @@ class SDStreamEngine(EngineBase):
                  num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS, t_index_list: Optional[Sequence[int]] = None,
                  scheduler: Optional[str] = None, compile: str = "auto", progress: bool = True,
                  lllite=None, lllite_blocks=None, lllite_source: str = "temporal", encoder_device=None,
-                 fp8: bool = False, **_ignored):
+                 **_ignored):
         del encoder_image_size  # text-only conditioning: the encoder never sees the frame
         self._place(bundle, size, device, dtype, encoder_device)
         mode = self._resolve_compile(compile)
@@ -231,7 +231,6 @@ class SDStreamEngine(EngineBase):
                              "different frames share one U-Net call); turn stream batch off")
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=False,
                             compiled=mode in ("default", "max-autotune"))
-        self.fp8_modules = self._use_fp8(fp8)  # opt-in (engine/fp8.py); after the hooks
         self._graphs = _SDGraphs(self.den, self.device, mode, progress) if mode != "off" else None
         # the worker's thread starts last, so a choice refused above leaves no thread behind
         self.worker = ConditioningWorker(self.encoder, self.streams, cache_size=cache_size)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.cuda_timing import cuda_ms
+from node_server.engine.dreamlite.attention import fold_key_mask
 from node_server.engine.dreamlite.denoiser import Denoiser
 from node_server.models import load_model
 
@@ -86,34 +87,18 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
 
-def _fold(q, k, v, m, scale):
-    """The key mask folded into a spare head slot (q: 1, k: bias / scale), heads padded to a
-    multiple of 8, no mask: what engine/dreamlite/attention.py's fold mode does."""
-    d = round(scale ** -2)
-    q, k, v = q[..., :d], k[..., :d], v[..., :d]
-    extra = 1 if m is not None else 0
-    size = -(-(d + extra) // 8) * 8
-    if m is not None:
-        bias = m[:, :1, :1, :].transpose(-1, -2).to(q.dtype) / scale  # [b, 1, keys, 1]
-        q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
-        k = torch.cat([k, bias.expand(-1, k.shape[1], -1, -1)], -1)
-        v = torch.cat([v, torch.zeros_like(v[..., :1])], -1)
-    pad = size - q.shape[-1]
-    return [F.pad(t, (0, pad)).contiguous() for t in (q, k, v)]
-
-
 def alternatives(q, k, v, m, kw) -> dict:
     """Other ways to compute the same attention, each a no-argument callable."""
     scale = kw.get("scale")
     out = {}
-    fq, fk, fv = _fold(q, k, v, m, scale)
+    d = round(scale ** -2)  # the real head size (the as-called q/k/v may be padded)
+    fq, fk, fv, _ = fold_key_mask(q[..., :d], k[..., :d], v[..., :d], m, scale)  # the engine's own fold
     for name, backend in (("fold_flash", SDPBackend.FLASH_ATTENTION), ("fold_cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("fold_efficient", SDPBackend.EFFICIENT_ATTENTION)):
         def run(backend=backend):
             with sdpa_kernel([backend]):
                 return F.scaled_dot_product_attention(fq, fk, fv, scale=scale)
         out[name] = run
-    d = round(scale ** -2)
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)

@@ -87,26 +87,6 @@ class EngineBase:
         self.vae = module_view(bundle.vae, self.device, self.dtype)
         self.text_encoder = module_view(bundle.text_encoder, self.encoder_device, self.dtype)
 
-    def _use_fp8(self, asked: bool) -> int:
-        """`fp8`: the U-Net's matrix products in float8 (engine/fp8.py), on this engine's own view,
-        after any LLLite hooks; returns how many modules were swapped (0 when not asked). A GPU
-        without float8 matrix units (before Ada/Hopper) is refused in one line; on the CPU the
-        products are emulated (the same arithmetic, slower), which only tests use."""
-        if not asked:
-            return 0
-        if self.device.type == "cuda":
-            capability = torch.cuda.get_device_capability(self.device)
-            if capability < (8, 9):
-                raise ParamError("fp8", f"needs a GPU with float8 matrix units (compute capability 8.9 or "
-                                 f"later: Ada, Hopper); {torch.cuda.get_device_name(self.device)} is "
-                                 f"{capability[0]}.{capability[1]}")
-        else:
-            log.warning("fp8 on %s: float8 is emulated there and runs slower than without it; it pays on "
-                        "Ada and Hopper GPUs", self.device)
-        from .fp8 import use_fp8
-
-        return use_fp8(self.unet)
-
     def _resolve_compile(self, compile: str) -> str:
         """Set and return `compile_mode`: `compile` (one of `COMPILE_MODES`) on this engine's
         device, auto being default on a GPU and off elsewhere; any mode but off needs CUDA. Called

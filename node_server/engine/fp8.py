@@ -18,8 +18,14 @@ its own view (engine/module_view.py), never on a bundle's U-Net.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+from ..errors import ParamError
+
+log = logging.getLogger("node_server.engine")
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -91,10 +97,25 @@ def _swappable(module: nn.Module) -> "type[Fp8Matmul] | None":
 BLOCKS = ("down_blocks", "mid_block", "up_blocks")  # the U-Net's blocks; not its time embedding
 
 
-def use_fp8(unet: nn.Module) -> int:
+def check_device(device: torch.device) -> None:
+    """A GPU without float8 matrix units (before Ada/Hopper) is refused in one line; on the CPU the
+    products are emulated (the same arithmetic, slower), which only tests use."""
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (8, 9):
+            raise ParamError("fp8", f"needs a GPU with float8 matrix units (compute capability 8.9 or later: "
+                             f"Ada, Hopper); {torch.cuda.get_device_name(device)} is "
+                             f"{capability[0]}.{capability[1]}")
+    else:
+        log.warning("fp8 on %s: float8 is emulated there and runs slower than without it", device)
+
+
+def use_fp8(unet: nn.Module, device: "torch.device | None" = None) -> int:
     """Swap `unet`'s eligible linears and 1x1 convolutions inside its blocks for FP8 ones; returns
     how many were swapped. A ControlNet-LLLite hook (engine/lllite) keeps its projection and its
-    own small layers in the engine's dtype."""
+    own small layers in the engine's dtype. With `device` (an engine's), `check_device` first."""
+    if device is not None:
+        check_device(torch.device(device))
     swapped = 0
     for block in BLOCKS:
         root = getattr(unet, block, None)

@@ -21,6 +21,7 @@ from ...progress import step as announce
 from ..base import EngineBase, FrameOut, with_model_defaults
 from ..blend import blend_noise, describe_blend, is_passthrough, mix_conditioning, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
+from ..fp8 import use_fp8
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames
 from ..params import Params
 from ..streams import Streams
@@ -116,7 +117,7 @@ class StreamEngine(EngineBase):
         self._say = lambda text: announce(text, enabled=progress)
         self._attach_lllite(lllite, blocks=lllite_blocks, source=lllite_source, edit_layout=True,
                             compiled=mode in ("default", "max-autotune"))
-        self.fp8_modules = self._use_fp8(fp8)  # after the hooks: they keep their dtype
+        self.fp8_modules = use_fp8(self.unet, self.device) if fp8 else 0  # after the hooks: they keep their dtype
         self.graphed = None if mode == "off" else GraphedDenoiser(
             self.denoiser, self.device, mode=mode, announce=self._say,
             unet_mode=unet_compile_mode)

@@ -298,7 +298,11 @@ def _browser_or_skip():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
 
 
-MEAN_OF_IMAGE = """id => { const img = document.getElementById(id);
+# The page counts a frame when it sets the image's src, before the browser has decoded it; so wait,
+# within the page, until the image in place is decoded, then read it in the same task (a newer src
+# can only be set by a later task).
+MEAN_OF_IMAGE = """async id => { const img = document.getElementById(id);
+  for (let t = 0; t < 200 && !(img.complete && img.naturalWidth > 0); t++) await new Promise(r => setTimeout(r, 10));
   const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
   const g = c.getContext('2d'); g.drawImage(img, 0, 0);
   const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0;

@@ -10,7 +10,7 @@ from node_server.errors import NodeServerError, ParamError
 
 INITIAL = {"prompt": "", "seed": 0, "steps": 1, "strength": 1.0, "refresh": "on-change", "batch_size": 1,
            "seed_mode": "fixed", "cfg": "none", "guidance": 1.2, "blend": [], "seed_blend": [],
-           "lllite_strength": 1.0, "lllite_refresh": 1}
+           "lllite_strength": 1.0, "lllite_refresh": 1, "temporal_blend": 0.0}
 for _i in range(1, 5):  # blend slots, as Params.to_dict() lists them
     INITIAL.update({f"blend_{_i}_prompt": "", f"blend_{_i}_weight": 0.0,
                     f"seed_blend_{_i}_seed": 0, f"seed_blend_{_i}_weight": 0.0})

@@ -93,6 +93,7 @@ def test_oscsend_drives_every_kind_of_control(target):
             (("/seed", "h", "77"), ("seed", 77)),
             (("/steps", "i", "3"), ("steps", 3)),
             (("/seed_mode", "S", "per-frame"), ("seed_mode", "per-frame")),
+            (("/temporal/blend", "f", "0.4"), ("temporal_blend", pytest.approx(0.4))),
             (("/blend", "sfsf", "oil", "0.7", "neon", "0.3"), ("blend", [("oil", pytest.approx(0.7)),
                                                                     ("neon", pytest.approx(0.3))])),
         ]
@@ -117,6 +118,8 @@ def test_oscdump_reads_the_feedback_and_the_errors(target, dump):
         dump.expect("/error s \"/prompt: expected a string, got Char(char='x')\"")
         oscsend(ctl.port, "/strength", "I")  # infinitum
         dump.expect('/error s "/strength: expected a finite number, got inf"')
+        oscsend(ctl.port, "/temporal/blend", "f", "0.95")
+        dump.expect('/error s "/temporal/blend: ')
         assert target.calls == []
     finally:
         ctl.close()

@@ -33,6 +33,9 @@ current frame as its conditioning image, to produce the current frame's target. 
   is the model's own previous output, the L1 between the result and it on the pixels visible in
   both frames. The paper distils toward targets blended with the previous output
   (`generate_temporal_pairs.py --blend_alpha`); this term asks for the same directly.
+- **`--recipe blend`** (tried, not shipped; docs/DEMO_MODEL.md, "What is short"): the paper's data
+  exactly, the model's own outputs blended along the true motion with the previous blended output
+  (`--blend-alpha`), which is also the conditioning image; no temporal term and no latent term.
 - **Saved** in dreamlite-lllite's format (`write_lllite`): the controller's state dict, float32,
   with its metadata (`kind` temporal_lllite, `cond_emb_dim`, `mlp_dim`, `step`, `model`).
 
@@ -70,8 +73,19 @@ COND_MODES = {
     "cut": 0.10,  # another picture's target
     "restyle": 0.10,  # the previous frame in another style, true motion
 }
+# The paper's recipe (`--recipe blend`): the conditioning is the previous *blended* output, and the
+# target is the blend itself, out_t = a * model_t + (1 - a) * warp(out_t-1) (dreamlite-stream's
+# `output_blend.py`, which its `generate_temporal_pairs.py` runs over the model's own outputs).
+BLEND_MODES = {
+    "blend": 0.45,  # the previous blended output, true motion: follow it
+    "blend_flow": 0.15,  # the same warped by the engine's flow (its errors included)
+    "self": 0.15,  # the current input frame (the engine's first frame): draw the model's own output
+    "cut": 0.10,  # another picture's output: ignore it
+    "restyle": 0.15,  # the previous frame in another style (a prompt change): ignore it
+}
+RECIPES = ("classical", "blend")
 STATE_KEYS = ("seed", "batch", "size", "steps", "lr", "mlp_dim", "cond_dim", "max_gap", "blocks", "grad_weight",
-              "consistency")
+              "consistency", "recipe", "blend_alpha")
 
 
 def parse_args(argv=None):
@@ -94,6 +108,13 @@ def parse_args(argv=None):
     p.add_argument("--consistency", type=float, default=1.0,
                    help="weight of the temporal term: where the conditioning is the model's own previous output, "
                         "the L1 between the result and it on the pixels visible in both frames")
+    p.add_argument("--recipe", choices=RECIPES, default="classical",
+                   help="classical: targets are the styles' operations on each frame, plus the temporal term; "
+                        "blend: the paper's, targets are the model's own outputs blended along the motion with the "
+                        "previous blended output (--blend-alpha), which is also the conditioning image")
+    p.add_argument("--blend-alpha", type=float, default=0.5,
+                   help="with --recipe blend: the current output's share a in out_t = a * model_t + "
+                        "(1 - a) * warp(out_t-1) (the paper's --blend_alpha; it used 0.85)")
     p.add_argument("--max-gap", type=int, default=4, help="largest frame gap between conditioning and frame")
     p.add_argument("--grad-weight", type=float, default=1.0, help="weight of the L1 of image gradients")
     p.add_argument("--output-gain", type=float, default=1.0, metavar="G",
@@ -173,8 +194,9 @@ class Pairs:
     def __init__(self, bank, args, gen, flow, encode, base_output):
         self.bank, self.args, self.gen, self.flow = bank, args, gen, flow
         self.encode, self.base_output = encode, base_output
-        self.modes = list(COND_MODES)
-        self.weights = torch.tensor([COND_MODES[m] for m in self.modes])
+        modes = BLEND_MODES if args.recipe == "blend" else COND_MODES
+        self.modes = list(modes)
+        self.weights = torch.tensor([modes[m] for m in self.modes])
 
     def rand(self, *shape):
         return torch.rand(*shape, generator=self.gen, device=self.bank.device)
@@ -231,6 +253,51 @@ class Pairs:
             if len(noisy):
                 cond[noisy] = cond[noisy] + 0.03 * torch.randn(cond[noisy].shape, generator=self.gen, device=dev)
         return cur, y_cur, cond.clamp(0, 1), (embeds, mask), anchor, weight
+
+    def sample_blend(self, styles: torch.Tensor, noise: torch.Tensor, k: int):
+        """The paper's recipe on three frames `gap` apart (t0, t1, t2): the model's own outputs m_i,
+        blended along the true motion, b0 = m0, b_i = a * m_i + (1 - a) * warp(b_i-1) where the point
+        was visible, else m_i. The target for t2 is b2 on the rows that should follow their
+        conditioning (warp(b1), by the true motion or the engine's flow) and m2 on the rows whose
+        conditioning is wrong to follow (the frame itself, a cut, another style). Returns the
+        current frame, its target, the conditioning image and the prompt conditioning."""
+        a, n, size, dev = self.args, styles.shape[0], self.args.size, self.bank.device
+        alpha = a.blend_alpha
+        gap = int(torch.randint(1, a.max_gap + 1, (1,), generator=self.gen, device=dev))
+        if float(self.rand(1)) < 0.5:
+            gap = 1
+        shot = motion.random_shots(self.bank, n, self.gen, span=2.0 * gap)
+        frames = [motion.render(shot, float(i * gap), size, generator=self.gen) for i in range(3)]
+        embeds, mask = self.encode(styles, frames[0])
+        outs = [self.base_output(f, embeds, mask, noise, k) for f in frames]
+        blended = outs[0]
+        for i in (1, 2):
+            grid, visible = motion.correspondence(shot, float(i * gap), float((i - 1) * gap), size)
+            warped = motion.warp(blended, grid)
+            prev_blended = blended
+            vis = visible.unsqueeze(1)
+            blended = torch.where(vis, alpha * outs[i] + (1 - alpha) * warped, outs[i])
+        cur, target = frames[2], blended.clone()
+        cond = warped.clone()
+        mode = torch.multinomial(self.weights, n, replacement=True, generator=torch.Generator().manual_seed(
+            int(torch.randint(2**31 - 1, (1,), generator=self.gen, device=dev))))
+        pick = {m: (mode == i).nonzero().squeeze(1).to(dev) for i, m in enumerate(self.modes)}
+        if len(pick["blend_flow"]):
+            rows = pick["blend_flow"]
+            cond[rows] = self.flow(cur[rows], frames[1][rows], prev_blended[rows])
+        ignore = torch.cat([pick["self"], pick["cut"], pick["restyle"]])
+        target[ignore] = outs[2][ignore]
+        if len(pick["self"]):
+            cond[pick["self"]] = cur[pick["self"]]
+        if len(pick["cut"]):
+            rows = pick["cut"]
+            cond[rows] = prev_blended[torch.roll(torch.arange(n, device=dev), 1)][rows]
+        if len(pick["restyle"]):
+            rows = pick["restyle"]
+            other = (styles[rows] + torch.randint(1, len(STYLES), (len(rows),), generator=self.gen, device=dev)) % len(STYLES)
+            o_embeds, o_mask = self.encode(other, frames[0][rows])
+            cond[rows] = motion.warp(self.base_output(frames[1][rows], o_embeds, o_mask, noise[rows], k), grid[rows])
+        return cur, target.clamp(0, 1), cond.clamp(0, 1), (embeds, mask)
 
 
 def main(argv=None) -> int:
@@ -355,7 +422,11 @@ def main(argv=None) -> int:
         noise[: args.batch // 2] = engine_noise
         k = rng.randrange(len(TRAIN_STRENGTHS))
         with torch.no_grad():
-            cur, target, cond, (embeds, mask), anchor, weight = pairs.sample(styles, noise, k)
+            if args.recipe == "blend":
+                cur, target, cond, (embeds, mask) = pairs.sample_blend(styles, noise, k)
+                anchor = weight = None
+            else:
+                cur, target, cond, (embeds, mask), anchor, weight = pairs.sample(styles, noise, k)
             with autocast(args):
                 z_target = bundle.vae.encode(target * 2 - 1).latents.float()
         with autocast(args):
@@ -366,8 +437,13 @@ def main(argv=None) -> int:
         loss_pix = image_loss(out, target * 2 - 1, args.grad_weight)
         loss_lat = F.mse_loss(x0, z_target)
         # the temporal term: where the conditioning is the model's previous output, stay with it
-        loss_tmp = ((out.float() - (anchor * 2 - 1)).abs() * weight).sum() / (3 * weight.sum()).clamp_min(1.0)
-        loss = loss_pix + 0.5 * loss_lat + args.consistency * loss_tmp
+        if anchor is None:  # the blend recipe: the target carries the temporal pull
+            loss_tmp = torch.zeros((), device=device)
+        else:
+            loss_tmp = ((out.float() - (anchor * 2 - 1)).abs() * weight).sum() / (3 * weight.sum()).clamp_min(1.0)
+        # the blend recipe leaves the latent term out: its target latent (the blend, encoded) differs from the
+        # model's own even where nothing moved (the autoencoder's round trip), a pull that is not temporal
+        loss = loss_pix + (0.0 if args.recipe == "blend" else 0.5) * loss_lat + args.consistency * loss_tmp
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -396,8 +472,9 @@ def main(argv=None) -> int:
               "device": str(device), "torch": torch.__version__, "steps": stepper.step, "batch": args.batch,
               "size": args.size, "lr": args.lr, "mlp_dim": args.mlp_dim, "cond_dim": args.cond_dim,
               "blocks": args.blocks, "hooks": len(adapter.modules), "parameters": n_params,
-              "max_gap": args.max_gap, "consistency": args.consistency, "output_gain": args.output_gain,
-              "cond_modes": COND_MODES, "train_seconds": round(seconds, 1),
+              "max_gap": args.max_gap, "consistency": args.consistency, "recipe": args.recipe,
+              "blend_alpha": args.blend_alpha if args.recipe == "blend" else None, "output_gain": args.output_gain,
+              "cond_modes": BLEND_MODES if args.recipe == "blend" else COND_MODES, "train_seconds": round(seconds, 1),
               "final_losses": {k: round(v, 5) for k, v in losses.items()}, "history": history}
     Path(path).with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB) after {stepper.step} steps, {seconds:.0f} s", flush=True)

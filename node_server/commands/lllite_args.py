@@ -1,5 +1,6 @@
-"""The ControlNet-LLLite flags `serve` and `render` share (docs/LLLITE.md); the checks and the
-conversions of their values live with the server's settings (node_server/server/lllite_settings.py)."""
+"""The temporal flags `serve` and `render` share: ControlNet-LLLite's (docs/LLLITE.md; the checks and
+the conversions of their values live with the server's settings, node_server/server/lllite_settings.py)
+and the temporal output blend's."""
 
 from __future__ import annotations
 
@@ -20,3 +21,9 @@ def add_lllite_arguments(p: argparse.ArgumentParser) -> None:
                    help="adapter strength 0..2 (default 1; OSC /lllite/strength)")
     p.add_argument("--lllite-source", default=None, choices=("temporal", "frame"),
                    help="conditioning image: temporal (previous output warped by optical flow, default) or frame")
+
+
+def add_temporal_blend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temporal-blend", type=float, default=None, metavar="A",
+                   help="less flicker on moving video: carry this share (0..0.9) of the previous output, moved "
+                        "along the optical flow, into each output frame (default 0 = off; OSC /temporal/blend)")

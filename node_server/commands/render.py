@@ -91,9 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress output; the summary line and warnings still print")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unreadable image of a folder (default: skip it with a warning)")
-    from .lllite_args import add_lllite_arguments
+    from .lllite_args import add_lllite_arguments, add_temporal_blend_argument
 
     add_lllite_arguments(parser)
+    add_temporal_blend_argument(parser)
 
 
 def _start_changes(args) -> dict:
@@ -111,7 +112,7 @@ def _start_changes(args) -> dict:
     if "prompt" not in changes:
         raise ParamError("prompt", "give --prompt TEXT or --preset NAME (node-server render --help)")
     changes.update(param_changes(vars(args)))
-    for name in ("seed", "steps", "strength", "batch_size", "refresh"):
+    for name in ("seed", "steps", "strength", "batch_size", "refresh", "temporal_blend"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .lllite_args import add_lllite_arguments
+from .lllite_args import add_lllite_arguments, add_temporal_blend_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,13 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the vision-language encoder runs: cpu, cuda or cuda:N, e.g. a second GPU "
                         "(default: the engine's device)")
     add_lllite_arguments(p)
+    add_temporal_blend_argument(p)
 
 
 _KEYS = ("model", "osc_host", "osc_port", "osc_prefix", "osc_allow", "feedback", "zmq_in", "zmq_out", "oscquery_port",
          "console_token",
          "preset", "prompt", "presets_dir", "size", "encoder_size", "batch_size", "device", "encoder_device", "spout_in", "spout_out", "no_zmq",
          "ndi_in", "ndi_out", "ndi_extra_ips", "ndi_groups", "ndi_out_format",
-         "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength")
+         "lllite", "lllite_blocks", "lllite_source", "lllite_refresh", "lllite_strength", "temporal_blend")
 
 
 def config_from_args(args: argparse.Namespace):

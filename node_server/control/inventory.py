@@ -397,7 +397,22 @@ def _lllite_controls() -> tuple[Control, ...]:
     )
 
 
-CONTROLS = CONTROLS + _blend_controls() + _lllite_controls()
+TEMPORAL_BLEND_MAX = 0.9  # engine/params.py TEMPORAL_BLEND_RANGE
+
+
+def _temporal_controls() -> tuple[Control, ...]:
+    """The temporal output blend (engine/output_blend.py), any model."""
+    return (
+        Control("/temporal/blend", "float", "f", "f, i", f"0..{TEMPORAL_BLEND_MAX:g}",
+                "Less flicker on moving video: each output frame carries this share of the previous "
+                "output, moved along the input's optical flow (0 = off). Where the picture changes "
+                "(an occlusion, a cut) and after a prompt change nothing is carried. 0.3-0.5 steadies "
+                "the demo model's styles (docs/DEMO_MODEL.md); higher values trail fast motion.",
+                default=0.0, param="temporal_blend", minimum=0.0, maximum=TEMPORAL_BLEND_MAX),
+    )
+
+
+CONTROLS = CONTROLS + _blend_controls() + _lllite_controls() + _temporal_controls()
 
 FEEDBACK: tuple[Reply, ...] = (
     Reply("/status/fps", "f", "Frames per second delivered over the last second."),

@@ -56,12 +56,16 @@ def mae_table(outputs: dict[str, list[np.ndarray]], images: list[torch.Tensor]) 
 
 def render_still(engine, image: np.ndarray, prompt: str, frames: int = 1) -> np.ndarray:
     """A still picture shown for `frames` frames with `prompt`: the last output. Without an
-    adapter every frame is the same. With a temporal adapter the first frame is conditioned on
-    the picture itself and each later one on the previous output (the steady state of a still)."""
+    adapter or output blend every frame is the same. With a temporal adapter the first frame is
+    conditioned on the picture itself and each later one on the previous output, and the temporal
+    output blend carries each output into the next (the steady state of a still)."""
     out = render(engine, image, prompt)
-    if engine.lllite is None:
+    if engine.lllite is None and engine.params.temporal_blend <= 0:
         return out
-    engine.lllite.reset()  # the picture starts afresh, as a clip's first frame
+    if engine.lllite is not None:
+        engine.lllite.reset()  # the picture starts afresh, as a clip's first frame
+    if engine.output_blend is not None:
+        engine.output_blend.reset()
     for i in range(frames):
         out = engine.step([image], [i])[0].image
     return out
@@ -86,9 +90,9 @@ def block_grid_ratio(img: torch.Tensor, block: int = 8) -> float:
 
 
 def evaluate_folder(folder, *, device="cpu", images: list[torch.Tensor], encoder_image_size: int = 512,
-                    verbose: bool = True, lllite=None, frames: int = 1) -> dict:
+                    verbose: bool = True, lllite=None, frames: int = 1, temporal_blend: float = 0.0) -> dict:
     """Load `folder` with the server's loader and print/return the error table (with `lllite`,
-    an adapter file or `demo-temporal`, each still shown for `frames` frames)."""
+    an adapter file or `demo-temporal`, or a `temporal_blend`, each still shown for `frames` frames)."""
     from ..engine.dreamlite.engine import StreamEngine
     from ..models.loader import load_folder
 
@@ -98,10 +102,13 @@ def evaluate_folder(folder, *, device="cpu", images: list[torch.Tensor], encoder
 
         lllite = str(resolve_adapter(lllite))
     with StreamEngine(bundle, size=EVAL_SIZE, encoder_image_size=encoder_image_size, lllite=lllite) as engine:
+        engine.set_params(temporal_blend=temporal_blend)
         table = mae_table(stylize_all(engine, images, frames), images)
     report = {}
     if verbose:
-        extra = f", adapter {lllite}, still for {frames} frame(s)" if lllite else ""
+        extra = f", adapter {lllite}" if lllite else ""
+        extra += f", temporal blend {temporal_blend:g}" if temporal_blend > 0 else ""
+        extra += f", still for {frames} frame(s)" if extra else ""
         print(f"held-out evaluation (MAE 0..1, {EVAL_SIZE}px, 1 step, strength {engine.params.strength}, seed 0"
               f"{extra}):", flush=True)
         print(f"{'style':14s} {'own':>6s} {'next best':>22s} ratio", flush=True)
@@ -157,11 +164,15 @@ def main(argv=None) -> int:
     p.add_argument("--lllite", default=None, metavar="FILE",
                    help="with this adapter (a file or demo-temporal): the still-picture quality with it")
     p.add_argument("--frames", type=int, default=1,
-                   help="with --lllite: show each still this many frames and judge the last (default 1)")
+                   help="with --lllite or --temporal-blend: show each still this many frames and judge the last "
+                        "(default 1)")
+    p.add_argument("--temporal-blend", type=float, default=0.0, metavar="A",
+                   help="with the temporal output blend (serve's --temporal-blend): the still-picture quality with it")
     args = p.parse_args(argv)
     paths = sorted(Path(args.images).glob("*.png"))
     images = [to_float(np.asarray(Image.open(q).convert("RGB"))) for q in paths]
-    evaluate_folder(args.folder, images=images, lllite=args.lllite, frames=args.frames)
+    evaluate_folder(args.folder, images=images, lllite=args.lllite, frames=args.frames,
+                    temporal_blend=args.temporal_blend)
     if args.examples:
         for path in write_examples(args.folder, args.examples, images, [q.stem for q in paths]):
             print(f"wrote {path}")

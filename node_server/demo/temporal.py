@@ -264,6 +264,8 @@ def run_sequence(engine, seq: MovingSequence, prompt: str, refresh: int = 1) -> 
         if engine.params.lllite_refresh != refresh:
             engine.set_params(lllite_refresh=refresh)
         engine.lllite.reset()
+    if engine.output_blend is not None:
+        engine.output_blend.reset()  # a new shot: nothing to carry from the last one
     out = []
     for i, f in enumerate(frames):
         result = engine.step([f], [i])[0]
@@ -286,10 +288,11 @@ def round_trip(vae, image: torch.Tensor) -> torch.Tensor:
 def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: str = "demo",
             lllite: Optional[str] = None, refresh: Sequence[int] = REFRESH, device: str = "cpu",
             blocks: Optional[str] = None, log=print, keep: Optional[dict] = None, autoencoder: bool = False,
-            strength: float = 1.0) -> dict:
+            strength: float = 1.0, blends: Sequence[float] = ()) -> dict:
     """table[style][config] = Row summary, configs: input, target, base, and lllite r<N> per refresh
     (and `autoencoder`: the targets through the model's autoencoder, see `round_trip`); `strength`:
-    the adapter's run-time strength (`--lllite-strength`).
+    the adapter's run-time strength (`--lllite-strength`); `blends`: temporal output blends
+    (`temporal_blend`) measured as `base blend<A>` (and `lllite r1 blend<A>` with an adapter).
     `keep` (a dict) collects every output: keep[(config, style, sequence name)] = frames."""
     flow = _flow_warp(sequences[0].frames[0].shape[-1])
     vae = None
@@ -309,10 +312,13 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
             if vae is not None:
                 rt = [round_trip(vae, t) for t in tg]
                 rows[s].setdefault("autoencoder", Row()).add(flicker(seq, rt, flow), style_error(rt, tg))
-    configs = [("base", None, 1)] + ([(f"lllite r{r}", lllite, r) for r in refresh] if lllite else [])
+    configs = [("base", None, 1, 0.0)] + [(f"base blend{a:g}", None, 1, a) for a in blends]
+    if lllite:
+        configs += [(f"lllite r{r}", lllite, r, 0.0) for r in refresh]
+        configs += [(f"lllite r1 blend{a:g}", lllite, 1, a) for a in blends]
     engines = {}
     try:
-        for config, adapter, r in configs:
+        for config, adapter, r, blend in configs:
             key = adapter or ""
             if key not in engines:
                 for e in engines.values():
@@ -322,6 +328,7 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
             engine = engines[key]
             if adapter and engine.params.lllite_strength != strength:
                 engine.set_params(lllite_strength=strength)
+            engine.set_params(temporal_blend=blend)
             for s in styles:
                 prompt = style_by_name(s).prompt
                 start = time.perf_counter()
@@ -344,19 +351,20 @@ def measure(sequences: list[MovingSequence], styles: Sequence[str], *, model: st
 def markdown(table: dict, refresh: Sequence[int] = REFRESH) -> str:
     """Two tables: per style the warping error of every configuration and the change with the
     adapter; then every metric averaged over the styles."""
-    configs = ["input", "target", "autoencoder", "base"] + [f"lllite r{r}" for r in refresh]
     styles = list(table)
+    blended = [c for c in table[styles[0]] if " blend" in c]
+    configs = (["input", "target", "autoencoder", "base"] + [c for c in blended if c.startswith("base ")]
+               + [f"lllite r{r}" for r in refresh] + [c for c in blended if c.startswith("lllite ")])
     have = [c for c in configs if all(c in table[s] for s in styles)]
-    head = "| style | " + " | ".join(have) + " | change (r1) | style error base / r1 |"
-    lines = [head, "|" + "---|" * (len(have) + 3)]
+    changed = [c for c in have if c == "lllite r1" or " blend" in c]  # each against base
+    head = ("| style | " + " | ".join(have) + "".join(f" | change ({c})" for c in changed)
+            + " | style error " + " / ".join(["base"] + changed) + " |")
+    lines = [head, "|" + "---|" * (len(have) + len(changed) + 2)]
     for s in styles:
         row = table[s]
         cells = [f"{row[c]['warping_error']:.2f}" for c in have]
-        if "lllite r1" in row:
-            change = row["lllite r1"]["warping_error"] / row["base"]["warping_error"] - 1
-            extra = [f"{100 * change:+.0f}%", f"{row['base']['style_error']:.3f} / {row['lllite r1']['style_error']:.3f}"]
-        else:
-            extra = ["", f"{row['base']['style_error']:.3f}"]
+        extra = [f"{100 * (row[c]['warping_error'] / row['base']['warping_error'] - 1):+.0f}%" for c in changed]
+        extra.append(" / ".join(f"{row[c]['style_error']:.3f}" for c in ["base"] + changed))
         lines.append(f"| {s} | " + " | ".join(cells + extra) + " |")
     lines += ["", "| mean over styles | warping error (true motion, masked) | warping error (engine flow, unmasked) "
               "| consecutive L1 | ratio | style error |", "|---|---|---|---|---|---|"]
@@ -371,8 +379,9 @@ def markdown(table: dict, refresh: Sequence[int] = REFRESH) -> str:
 def write_strips(keep: dict, sequences: list[MovingSequence], out_dir, styles: Sequence[str], seq_name: str,
                  frames: int = 6) -> list[Path]:
     """docs/demo/temporal_<style>.png: consecutive frames of one sequence, rows: the input, the
-    output without the adapter, with it (refresh 1), and for each of the two the difference to
-    the previous output warped along the true motion (x4, black = no change)."""
+    output without the adapter, with it (refresh 1), with the strongest temporal output blend
+    measured (without the adapter), and for each of these the difference to the previous output
+    warped along the true motion (x4, black = no change)."""
     from PIL import Image
 
     seq = next(s for s in sequences if s.name == seq_name)
@@ -382,7 +391,8 @@ def write_strips(keep: dict, sequences: list[MovingSequence], out_dir, styles: S
     for s in styles:
         rows = [[(f.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy() for f in seq.frames[:frames]]]
         diffs = []
-        for config in ("base", "lllite r1"):
+        blends = sorted({k[0] for k in keep if k[0].startswith("base blend") and k[1] == s})
+        for config in ["base", "lllite r1"] + blends[-1:]:
             outs = keep.get((config, s, seq_name))
             if outs is None:
                 continue
@@ -417,6 +427,9 @@ def main(argv=None) -> int:
     p.add_argument("--lllite-strength", type=float, default=1.0,
                    help="the adapter's strength (as serve's --lllite-strength, 0..2; default 1)")
     p.add_argument("--refresh", default=",".join(map(str, REFRESH)), help="refresh periods, in batches")
+    p.add_argument("--temporal-blend", default="", metavar="A[,B...]",
+                   help="also measure the temporal output blend at these amounts (serve's --temporal-blend), "
+                        "without the adapter and with it at refresh 1")
     p.add_argument("--styles", default="all", help="comma list of demo styles, or all")
     p.add_argument("--kinds", default=",".join(KINDS), help="comma list of sequence kinds")
     p.add_argument("--photos", default="coffee,rocket,camera", help="held-out photos (taken in turn by the kinds)")
@@ -434,6 +447,14 @@ def main(argv=None) -> int:
 
     if not LLLITE_STRENGTH_RANGE[0] <= args.lllite_strength <= LLLITE_STRENGTH_RANGE[1]:
         raise SystemExit(f"--lllite-strength must be in {LLLITE_STRENGTH_RANGE[0]}..{LLLITE_STRENGTH_RANGE[1]}")
+    from ..engine.params import Params
+
+    from ..errors import ParamError
+
+    try:
+        blends = tuple(Params().replace(temporal_blend=a).temporal_blend for a in args.temporal_blend.split(",") if a)
+    except ParamError as exc:
+        raise SystemExit(f"--temporal-blend: {exc.reason}") from None
     kinds = [k for k in args.kinds.split(",") if k]
     for k in kinds:
         if k not in KINDS:
@@ -452,7 +473,7 @@ def main(argv=None) -> int:
         keep = _Only()
     start = time.perf_counter()
     table = measure(sequences, styles, model=args.model, lllite=args.lllite, refresh=refresh,
-                    device=args.device, blocks=args.lllite_blocks, strength=args.lllite_strength, keep=keep, log=lambda m: print(m, flush=True), autoencoder=True)
+                    device=args.device, blocks=args.lllite_blocks, strength=args.lllite_strength, blends=blends, keep=keep, log=lambda m: print(m, flush=True), autoencoder=True)
     seconds = time.perf_counter() - start
     print(f"measured in {seconds:.0f} s", flush=True)
     print(markdown(table, refresh))

@@ -137,6 +137,24 @@ class EngineBase:
         return self._schedule
 
     lllite = None  # an LLLiteRunner when the engine was started with an adapter
+    output_blend = None  # an OutputBlend once `temporal_blend` was first set above 0
+
+    def _blend_output(self, x: torch.Tensor, out: torch.Tensor, n: int, params: Params, prompt: str) -> torch.Tensor:
+        """The denoiser's uint8 outputs with the temporal output blend applied (engine/output_blend.py)."""
+        if self.output_blend is None:
+            if params.temporal_blend <= 0:
+                return out
+            from .output_blend import OutputBlend
+
+            self.output_blend = OutputBlend(self.size, self.device)
+        return self.output_blend.apply(x, out, n, params.temporal_blend, prompt)
+
+    def _forget_shown(self) -> None:
+        """Nothing stylized is on screen to carry on from (after the warm-up, a pass-through)."""
+        if self.lllite is not None:
+            self.lllite.reset()
+        if self.output_blend is not None:
+            self.output_blend.reset()
 
     def _attach_lllite(self, file, *, blocks=None, source: str = "temporal", edit_layout: bool,
                        compiled: bool) -> None:
@@ -212,7 +230,7 @@ class EngineBase:
             self._warming = False
         if self.lllite is not None:
             self.lllite.compile_ahead(n)
-            self.lllite.reset()  # the grey warm-up frame is not a frame the audience saw
+        self._forget_shown()  # the grey warm-up frame is not a frame the audience saw
         self._after_warmup()
         elapsed = time.perf_counter() - start
         announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)

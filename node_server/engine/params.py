@@ -120,6 +120,7 @@ CFG_TYPES = ("none", "self")
 GUIDANCE_RANGE = (1.0, 5.0)
 LLLITE_STRENGTH_RANGE = (0.0, 2.0)
 LLLITE_REFRESH_RANGE = (1, 1000)
+TEMPORAL_BLEND_RANGE = (0.0, 0.9)  # engine/output_blend.py: the share of the previous output carried
 
 
 def _weight(name: str, value: Any) -> float:
@@ -198,6 +199,7 @@ _CHECKS = {
     "guidance": lambda v: _in_range("guidance", _as_float("guidance", v), *GUIDANCE_RANGE),
     "lllite_strength": lambda v: _in_range("lllite_strength", _as_float("lllite_strength", v), *LLLITE_STRENGTH_RANGE),
     "lllite_refresh": lambda v: _in_range("lllite_refresh", _as_int("lllite_refresh", v), *LLLITE_REFRESH_RANGE),
+    "temporal_blend": lambda v: _in_range("temporal_blend", _as_float("temporal_blend", v), *TEMPORAL_BLEND_RANGE),
 }
 _CHECKS.update({key: _slot_check(key) for key in SLOT_KEYS})
 
@@ -234,6 +236,9 @@ class Params:
     # strength, and how often (every N batches) its conditioning CNNs run.
     lllite_strength: float = 1.0
     lllite_refresh: int = 1
+    # The temporal output blend (engine/output_blend.py): the share of the previous output, carried
+    # along the motion, in each output frame; 0 = off.
+    temporal_blend: float = 0.0
 
     def replace(self, **changes: Any) -> "Params":
         """A copy with `changes` applied; all values are checked before any is applied.

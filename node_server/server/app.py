@@ -75,6 +75,8 @@ class ServerApp:
         from .lllite_settings import param_changes
 
         self._params = self._params.replace(**param_changes(dataclasses.asdict(config)))
+        if config.temporal_blend is not None:
+            self._params = self._params.replace(temporal_blend=config.temporal_blend)
         if config.prompt is not None:  # --prompt / `prompt` in the config file: the start's prompt
             self._params = self._params.replace(prompt=config.prompt)
         self._engine: Any = None

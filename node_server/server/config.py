@@ -70,6 +70,7 @@ class ServeConfig:
     lllite_source: str | None = None  # None: temporal
     lllite_refresh: int | None = None  # None: the parameter's default (every batch)
     lllite_strength: float | None = None  # None: 1
+    temporal_blend: float | None = None  # None: 0 (off); the temporal output blend (OSC /temporal/blend)
 
     def feedback_address(self) -> tuple[str, int] | None:
         if not self.feedback:
@@ -82,7 +83,7 @@ class ServeConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 _INT_KEYS = {"osc_port", "oscquery_port", "encoder_size", "batch_size", "lllite_refresh"}
-_FLOAT_KEYS = {"lllite_strength"}
+_FLOAT_KEYS = {"lllite_strength", "temporal_blend"}
 _BOOL_KEYS = {"no_zmq"}
 
 

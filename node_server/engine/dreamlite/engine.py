@@ -321,6 +321,7 @@ class StreamEngine(EngineBase):
             if self.lllite is not None:
                 self.lllite.before(x, params.lllite_strength, params.lllite_refresh)
             out = self.denoise(x, embeds, mask, schedule, noise)
+            out = self._blend_output(x, out, n, params, prompt)
             if self.lllite is not None:
                 self.lllite.after(x, out, n)
             host = to_host_frames(out[:n], self.streams)
@@ -353,8 +354,7 @@ class StreamEngine(EngineBase):
 
     def _pass_through(self, x: torch.Tensor, ids: Sequence[int]) -> list[FrameOut]:
         """The ingested frames (cropped and resized to the engine's size) as they are."""
-        if self.lllite is not None:
-            self.lllite.reset()  # nothing stylized was shown: the temporal adapter starts afresh
+        self._forget_shown()  # nothing stylized was shown: the temporal adapter and blend start afresh
         host = to_host_frames(to_uint8_frames(x), self.streams)
         self._shown = ""
         return [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]

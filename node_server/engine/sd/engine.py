@@ -426,6 +426,7 @@ class SDStreamEngine(EngineBase):
             images = self._graphs.sequential(x, embeds, coef, t, noise, guidance)
         else:
             images = self.den.run_sequential(x, embeds, coef, t, noise, guidance)
+        images = self._blend_output(x, images, n, params, prompt)
         if self.lllite is not None:
             self.lllite.after(x, images, n)
         host = to_host_frames(images[:n], self.streams)
@@ -492,8 +493,7 @@ class SDStreamEngine(EngineBase):
         """The ingested frames as they are; frames still in the stream-batch pipeline come out
         first (stylized), so the order of ids is kept."""
         outs = self.flush() if self.stream_batch else []
-        if self.lllite is not None:
-            self.lllite.reset()
+        self._forget_shown()
         host = to_host_frames(to_uint8_frames(x), self.streams)
         self._shown = ""
         return outs + [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]

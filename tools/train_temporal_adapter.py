@@ -201,6 +201,23 @@ class Pairs:
     def rand(self, *shape):
         return torch.rand(*shape, generator=self.gen, device=self.bank.device)
 
+    def gap(self) -> int:
+        """Frames between conditioning and frame: 1 for half the samples (the engine refreshes every
+        batch by default), else 1..--max-gap."""
+        gap = int(torch.randint(1, self.args.max_gap + 1, (1,), generator=self.gen, device=self.bank.device))
+        return 1 if float(self.rand(1)) < 0.5 else gap
+
+    def pick_modes(self, n: int) -> dict:
+        """Each row's conditioning mode (the recipe's weights): {mode: row indices}."""
+        mode = torch.multinomial(self.weights, n, replacement=True, generator=torch.Generator().manual_seed(
+            int(torch.randint(2**31 - 1, (1,), generator=self.gen, device=self.bank.device))))
+        return {m: (mode == i).nonzero().squeeze(1).to(self.bank.device) for i, m in enumerate(self.modes)}
+
+    def other_styles(self, styles: torch.Tensor) -> torch.Tensor:
+        """Another style for each row (a prompt change)."""
+        shift = torch.randint(1, len(STYLES), (len(styles),), generator=self.gen, device=self.bank.device)
+        return (styles + shift) % len(STYLES)
+
     def sample(self, styles: torch.Tensor, noise: torch.Tensor, k: int):
         """`noise`: each row's starting noise, also the previous frame's (the engine's noise is
         fixed in screen space); `k`: the strength's schedule, also the previous frame's. Returns
@@ -209,18 +226,14 @@ class Pairs:
         anchor (the model's previous output warped to the current frame) and its weight (1 on the
         rows conditioned on it, where the point is visible in both frames)."""
         a, n, size, dev = self.args, styles.shape[0], self.args.size, self.bank.device
-        gap = int(torch.randint(1, a.max_gap + 1, (1,), generator=self.gen, device=dev))
-        if float(self.rand(1)) < 0.5:
-            gap = 1  # the engine refreshes every batch by default: most pairs are consecutive
+        gap = self.gap()
         shot = motion.random_shots(self.bank, n, self.gen, span=float(gap))
         prev = motion.render(shot, 0.0, size, generator=self.gen)
         cur = motion.render(shot, float(gap), size, generator=self.gen)
         y_prev, y_cur = apply_styles(prev, styles), apply_styles(cur, styles)
         embeds, mask = self.encode(styles, prev)
         grid, visible = motion.correspondence(shot, float(gap), 0.0, size)  # current pixel -> previous frame
-        mode = torch.multinomial(self.weights, n, replacement=True, generator=torch.Generator().manual_seed(
-            int(torch.randint(2**31 - 1, (1,), generator=self.gen, device=dev))))
-        pick = {m: (mode == i).nonzero().squeeze(1).to(dev) for i, m in enumerate(self.modes)}
+        pick = self.pick_modes(n)
         cond = motion.warp(y_prev, grid)
         if len(pick["flow"]):
             rows = pick["flow"]
@@ -239,8 +252,7 @@ class Pairs:
             cond[rows] = y_prev[torch.roll(torch.arange(n, device=dev), 1)][rows]
         if len(pick["restyle"]):
             rows = pick["restyle"]
-            other = (styles[rows] + torch.randint(1, len(STYLES), (len(rows),), generator=self.gen, device=dev)) % len(STYLES)
-            cond[rows] = motion.warp(apply_styles(prev[rows], other), grid[rows])
+            cond[rows] = motion.warp(apply_styles(prev[rows], self.other_styles(styles[rows])), grid[rows])
         # softened / noised on some of the warped targets (the engine feeds back its own, softer output)
         follow = torch.cat([pick["target"], pick["flow"]])
         if len(follow):
@@ -263,9 +275,7 @@ class Pairs:
         current frame, its target, the conditioning image and the prompt conditioning."""
         a, n, size, dev = self.args, styles.shape[0], self.args.size, self.bank.device
         alpha = a.blend_alpha
-        gap = int(torch.randint(1, a.max_gap + 1, (1,), generator=self.gen, device=dev))
-        if float(self.rand(1)) < 0.5:
-            gap = 1
+        gap = self.gap()
         shot = motion.random_shots(self.bank, n, self.gen, span=2.0 * gap)
         frames = [motion.render(shot, float(i * gap), size, generator=self.gen) for i in range(3)]
         embeds, mask = self.encode(styles, frames[0])
@@ -279,9 +289,7 @@ class Pairs:
             blended = torch.where(vis, alpha * outs[i] + (1 - alpha) * warped, outs[i])
         cur, target = frames[2], blended.clone()
         cond = warped.clone()
-        mode = torch.multinomial(self.weights, n, replacement=True, generator=torch.Generator().manual_seed(
-            int(torch.randint(2**31 - 1, (1,), generator=self.gen, device=dev))))
-        pick = {m: (mode == i).nonzero().squeeze(1).to(dev) for i, m in enumerate(self.modes)}
+        pick = self.pick_modes(n)
         if len(pick["blend_flow"]):
             rows = pick["blend_flow"]
             cond[rows] = self.flow(cur[rows], frames[1][rows], prev_blended[rows])
@@ -294,8 +302,7 @@ class Pairs:
             cond[rows] = prev_blended[torch.roll(torch.arange(n, device=dev), 1)][rows]
         if len(pick["restyle"]):
             rows = pick["restyle"]
-            other = (styles[rows] + torch.randint(1, len(STYLES), (len(rows),), generator=self.gen, device=dev)) % len(STYLES)
-            o_embeds, o_mask = self.encode(other, frames[0][rows])
+            o_embeds, o_mask = self.encode(self.other_styles(styles[rows]), frames[0][rows])
             cond[rows] = motion.warp(self.base_output(frames[1][rows], o_embeds, o_mask, noise[rows], k), grid[rows])
         return cur, target.clamp(0, 1), cond.clamp(0, 1), (embeds, mask)
 

@@ -173,3 +173,69 @@ def test_cuda_blends_as_the_cpu_does():
     gpu = run(OutputBlend((SIZE, SIZE), "cuda"), x.cuda(), out.cuda(), rows=3).cpu()
     assert (cpu.int() - gpu.int()).abs().max() <= 1
     assert not torch.equal(gpu, out.cpu())
+
+
+def test_a_blend_weight_glide_keeps_carrying_and_a_new_prompt_set_starts_afresh():
+    """Moving `/blend` weights between the same prompts is a gradual change: the carry goes on.
+    Another set of prompts is a prompt change: its first frame is the model's own."""
+    import time
+
+    from node_server.engine.factory import build_engine
+    from node_server.models import load_model
+
+    frames = [(f * 255).round().byte().permute(1, 2, 0).numpy() for f in frames_of("pan", 4)]
+    sepia, thermal = "make it an old sepia photograph", "make it look like a thermal camera image"
+    engine = build_engine(load_model("demo", device="cpu", progress=False),
+                          Params(blend=[(sepia, 0.8), (thermal, 0.2)], temporal_blend=0.5), size=(SIZE, SIZE),
+                          device="cpu")
+    calls = []  # (key, the model's own frame, what the blend made of it)
+    with engine:
+        engine.warmup(progress=False)
+        blend = engine.output_blend
+        apply = blend.apply
+
+        def spy(x, out, n, amount, key):
+            own = out[:n].clone()
+            res = apply(x, out, n, amount, key)
+            calls.append((key, own, res[:n].clone()))
+            return res
+
+        blend.apply = spy
+        engine.step([frames[0]], [0])
+        engine.set_params(blend=[(sepia, 0.6), (thermal, 0.4)])
+        engine.step([frames[1]], [1])
+        assert calls[1][0] == calls[0][0]  # the same set: carried on
+        assert not torch.equal(calls[1][1], calls[1][2])
+        engine.set_params(blend=[(sepia, 0.5), ("make it an inverted negative", 0.5)])
+        deadline = time.monotonic() + 60
+        while calls[-1][0] == calls[0][0]:  # the new set's conditioning comes from the encoder thread
+            assert time.monotonic() < deadline, "the new prompt set never arrived"
+            engine.step([frames[2]], [len(calls)])
+        key, own, made = calls[-1]
+        assert torch.equal(own, made)  # a new set: nothing carried from the old style
+
+
+def test_the_sd_engine_blends_too():
+    """An SD-class model (the synthetic SD-Turbo): the second frame carries the first, keyed by its prompt."""
+    from node_server.engine.factory import build_engine
+    from node_server.models import build_synthetic_sd
+
+    frames = [(f * 255).round().byte().permute(1, 2, 0).numpy() for f in frames_of("pan", 2)]
+    engine = build_engine(build_synthetic_sd("sd-turbo-tiny", seed=0), Params(prompt="a watercolour", temporal_blend=0.5),
+                          size=(SIZE, SIZE), device="cpu")
+    calls = []
+    with engine:
+        engine.warmup(progress=False)
+        apply = engine.output_blend.apply
+
+        def spy(x, out, n, amount, key):
+            own = out[:n].clone()
+            res = apply(x, out, n, amount, key)
+            calls.append((key, own, res[:n].clone()))
+            return res
+
+        engine.output_blend.apply = spy
+        for i, f in enumerate(frames):
+            engine.step([f], [i])
+    assert [c[0] for c in calls] == ["a watercolour"] * 2
+    assert torch.equal(calls[0][1], calls[0][2]) and not torch.equal(calls[1][1], calls[1][2])

@@ -140,7 +140,8 @@ class EngineBase:
     output_blend = None  # an OutputBlend once `temporal_blend` was first set above 0
 
     def _blend_output(self, x: torch.Tensor, out: torch.Tensor, n: int, params: Params, prompt: str) -> torch.Tensor:
-        """The denoiser's uint8 outputs with the temporal output blend applied (engine/output_blend.py)."""
+        """The denoiser's uint8 outputs with the temporal output blend applied (engine/output_blend.py);
+        `prompt`: the prompt set's key, so that a new set starts afresh and a weight change does not."""
         if self.output_blend is None:
             if params.temporal_blend <= 0:
                 return out

@@ -11,8 +11,9 @@ temporal adapter's `FlowWarp`, on the device) and `a` is `temporal_blend` (0 = o
 Unlike the paper's blend, the carry is guarded per pixel: where the previous input, warped the
 same way, differs from the current input (an occlusion, a scene cut, a flash, the flow's own
 failure), the carry fades out (`GUARD`), and a frame whose inputs differ on average by more than
-`CUT` is treated as a cut and carries nothing. A prompt change also starts afresh, so a new style
-is not dragged in over several frames.
+`CUT` is treated as a cut and carries nothing. A prompt change (a new prompt or prompt set; not a
+blend weight gliding between the prompts of a set) also starts afresh, so a new style is not
+dragged in over several frames.
 
 The blend runs after the denoiser on the main stream, in eager kernels of fixed shapes, with no
 host synchronisation: the compiled denoiser graph does not change. Frames of one batch are blended

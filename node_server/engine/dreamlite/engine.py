@@ -321,7 +321,7 @@ class StreamEngine(EngineBase):
             if self.lllite is not None:
                 self.lllite.before(x, params.lllite_strength, params.lllite_refresh)
             out = self.denoise(x, embeds, mask, schedule, noise)
-            out = self._blend_output(x, out, n, params, prompt)
+            out = self._blend_output(x, out, n, params, cond.prompt)  # the prompt set: weights may glide
             if self.lllite is not None:
                 self.lllite.after(x, out, n)
             host = to_host_frames(out[:n], self.streams)

@@ -37,7 +37,7 @@ from ...errors import ParamError
 from ...progress import step as announce
 from ...quiet import quiet_diffusers
 from ..base import EngineBase, FrameOut, with_model_defaults
-from ..blend import blend_noise, describe_blend, is_passthrough, prompts_of_key
+from ..blend import blend_noise, describe_blend, is_passthrough, prompt_set_key, prompts_of_key
 from ..conditioning import Conditioning, ConditioningWorker
 from ..frames import to_device_batch, to_host_frames, to_uint8_frames, to_uint8_hwc
 from ..params import Params
@@ -426,7 +426,8 @@ class SDStreamEngine(EngineBase):
             images = self._graphs.sequential(x, embeds, coef, t, noise, guidance)
         else:
             images = self.den.run_sequential(x, embeds, coef, t, noise, guidance)
-        images = self._blend_output(x, images, n, params, prompt)
+        applied = self._blend_applied  # the prompt set (its weights may glide without a fresh start)
+        images = self._blend_output(x, images, n, params, prompt_set_key(applied[0]) if applied else "")
         if self.lllite is not None:
             self.lllite.after(x, images, n)
         host = to_host_frames(images[:n], self.streams)

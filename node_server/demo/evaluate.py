@@ -62,10 +62,7 @@ def render_still(engine, image: np.ndarray, prompt: str, frames: int = 1) -> np.
     out = render(engine, image, prompt)
     if engine.lllite is None and engine.params.temporal_blend <= 0:
         return out
-    if engine.lllite is not None:
-        engine.lllite.reset()  # the picture starts afresh, as a clip's first frame
-    if engine.output_blend is not None:
-        engine.output_blend.reset()
+    engine.forget_shown()  # the picture starts afresh, as a clip's first frame
     for i in range(frames):
         out = engine.step([image], [i])[0].image
     return out

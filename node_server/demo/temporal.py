@@ -260,12 +260,9 @@ def run_sequence(engine, seq: MovingSequence, prompt: str, refresh: int = 1) -> 
     frames = [to_uint8(f) for f in seq.frames]
     if engine.params.prompt != prompt or engine.active_prompt != prompt:
         render_still(engine, frames[0], prompt, frame_id=-1)
-    if engine.lllite is not None:
-        if engine.params.lllite_refresh != refresh:
-            engine.set_params(lllite_refresh=refresh)
-        engine.lllite.reset()
-    if engine.output_blend is not None:
-        engine.output_blend.reset()  # a new shot: nothing to carry from the last one
+    if engine.lllite is not None and engine.params.lllite_refresh != refresh:
+        engine.set_params(lllite_refresh=refresh)
+    engine.forget_shown()  # a new shot: nothing to carry from the last one
     out = []
     for i, f in enumerate(frames):
         result = engine.step([f], [i])[0]
@@ -448,7 +445,6 @@ def main(argv=None) -> int:
     if not LLLITE_STRENGTH_RANGE[0] <= args.lllite_strength <= LLLITE_STRENGTH_RANGE[1]:
         raise SystemExit(f"--lllite-strength must be in {LLLITE_STRENGTH_RANGE[0]}..{LLLITE_STRENGTH_RANGE[1]}")
     from ..engine.params import Params
-
     from ..errors import ParamError
 
     try:

@@ -150,8 +150,9 @@ class EngineBase:
             self.output_blend = OutputBlend(self.size, self.device)
         return self.output_blend.apply(x, out, n, params.temporal_blend, prompt)
 
-    def _forget_shown(self) -> None:
-        """Nothing stylized is on screen to carry on from (after the warm-up, a pass-through)."""
+    def forget_shown(self) -> None:
+        """Nothing stylized is on screen to carry on from (after the warm-up, a pass-through, or a
+        new shot in the demo tools): the temporal adapter and the output blend start afresh."""
         if self.lllite is not None:
             self.lllite.reset()
         if self.output_blend is not None:
@@ -231,7 +232,7 @@ class EngineBase:
             self._warming = False
         if self.lllite is not None:
             self.lllite.compile_ahead(n)
-        self._forget_shown()  # the grey warm-up frame is not a frame the audience saw
+        self.forget_shown()  # the grey warm-up frame is not a frame the audience saw
         self._after_warmup()
         elapsed = time.perf_counter() - start
         announce(f"warm-up done in {elapsed:.1f} s", enabled=progress)

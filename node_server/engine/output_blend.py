@@ -43,7 +43,7 @@ class OutputBlend:
         self.flow = _flow_for(size).to(device)
         self.prev_in: Optional[torch.Tensor] = None  # [1,3,H,W] float in [0,1]: the last input frame
         self.prev_out: Optional[torch.Tensor] = None  # [1,3,H,W] float in [0,1]: its (blended) output
-        self.key: Optional[str] = None  # the prompt the previous output was made with
+        self.key: Optional[str] = None  # the prompt set the previous output was made with
 
     def reset(self) -> None:
         self.prev_in = self.prev_out = self.key = None

@@ -354,7 +354,7 @@ class StreamEngine(EngineBase):
 
     def _pass_through(self, x: torch.Tensor, ids: Sequence[int]) -> list[FrameOut]:
         """The ingested frames (cropped and resized to the engine's size) as they are."""
-        self._forget_shown()  # nothing stylized was shown: the temporal adapter and blend start afresh
+        self.forget_shown()  # nothing stylized was shown: the temporal adapter and blend start afresh
         host = to_host_frames(to_uint8_frames(x), self.streams)
         self._shown = ""
         return [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]

@@ -494,7 +494,7 @@ class SDStreamEngine(EngineBase):
         """The ingested frames as they are; frames still in the stream-batch pipeline come out
         first (stylized), so the order of ids is kept."""
         outs = self.flush() if self.stream_batch else []
-        self._forget_shown()
+        self.forget_shown()
         host = to_host_frames(to_uint8_frames(x), self.streams)
         self._shown = ""
         return outs + [FrameOut(int(i), host[k], "") for k, i in enumerate(ids)]
